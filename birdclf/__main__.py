@@ -1,0 +1,5 @@
+"""`python -m birdclf` runs the CLI."""
+
+from .cli import main
+
+raise SystemExit(main())

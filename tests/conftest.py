@@ -1,0 +1,129 @@
+"""Shared fixtures: synthetic images, a tiny exported model, the real starter model, servers on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub in tests
+
+
+def make_image(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0,
+               **save: object) -> bytes:
+    """A deterministic synthetic image: a colour gradient with a seeded blob, encoded as `fmt`."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1),
+                     np.full_like(x, int(rng.integers(0, 255)))], axis=-1).astype(np.uint8)
+    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    base[(y - cy) ** 2 + (x - cx) ** 2 < (min(width, height) // 4) ** 2] = rng.integers(0, 255, 3)
+    img = Image.fromarray(base).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Wait until `url` answers with any HTTP status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip when this clone has none beside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_model():
+    """A small untrained CNN with 3 classes (fast to export)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from birdclf.config import ModelConfig
+
+    return ModelConfig(model_name="tiny", labels=("ALPHA BIRD", "BETA BIRD", "GAMMA BIRD"), input_size=32,
+                       resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       version="7")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_torch_model, tiny_config) -> Path:
+    """The tiny model exported with birdclf's exporter."""
+    from birdclf.export import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    export_onnx(tiny_torch_model, path, tiny_config)
+    return path
+
+
+@pytest.fixture(scope="session")
+def birdclf_home(tmp_path_factory) -> Path:
+    """A private BIRDCLF_HOME holding the real starter model, built once per test session."""
+    home = tmp_path_factory.mktemp("birdclf_home")
+    from birdclf.starter import build_starter
+
+    build_starter(home / "starter.onnx")
+    return home
+
+
+@pytest.fixture(scope="session")
+def starter_onnx(birdclf_home) -> Path:
+    return birdclf_home / "starter.onnx"
+
+
+@pytest.fixture(scope="session")
+def function_server(birdclf_home):
+    """`birdclf serve` in its own process on a free loopback port, serving the starter model."""
+    port = free_port()
+    env = dict(os.environ, BIRDCLF_HOME=str(birdclf_home), BIRDCLF_THREADS="1", BIRDCLF_MAX_BYTES="2000000",
+               BIRDCLF_MAX_PIXELS="4000000", BIRDCLF_MAX_IMAGES="4")
+    env.pop("BIRDCLF_MODEL", None)
+    env.pop("BIRDCLF_ALLOW_PRIVATE_URLS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "birdclf", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{base}/health")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
