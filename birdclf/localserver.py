@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .constants import DEFAULT_FUNCTION_PORT, DEFAULT_HOST, DEFAULT_MAX_BYTES, DEFAULT_MAX_IMAGES
 
-__all__ = ["function_dir", "load_function_app", "routes_of", "make_server", "serve"]
+__all__ = ["Route", "function_dir", "load_function_app", "routes_of", "make_server", "serve"]
 
 _MAX_BODY = DEFAULT_MAX_BYTES * DEFAULT_MAX_IMAGES + (1 << 20)
 
@@ -39,15 +40,31 @@ def load_function_app(path: str | os.PathLike | None = None) -> ModuleType:
     return module
 
 
-def routes_of(app: Any) -> dict[str, tuple[Callable[..., Any], set[str]]]:
-    """Route -> (user function, HTTP methods), read from `app.get_functions()` like the Functions host does."""
+@dataclass(frozen=True)
+class Route:
+    """One HTTP-triggered function as the Functions host sees it."""
+
+    name: str
+    function: Callable[..., Any]
+    methods: frozenset[str]
+    auth_level: str
+
+
+def routes_of(app: Any) -> dict[str, Route]:
+    """Route -> Route, read once from `app.get_functions()` like the Functions host does (it may run only once)."""
+    cached = getattr(app, "_birdclf_routes", None)
+    if cached is not None:
+        return cached
     routes = {}
     for function in app.get_functions():
         trigger = function.get_trigger()
         if getattr(trigger, "type", "") != "httpTrigger":
             continue
-        methods = {str(getattr(m, "value", m)).upper() for m in (trigger.methods or [])}
-        routes[trigger.route.strip("/")] = (function.get_user_function(), methods)
+        methods = frozenset(str(getattr(m, "value", m)).upper() for m in (trigger.methods or []))
+        level = str(getattr(trigger.auth_level, "value", trigger.auth_level))
+        routes[trigger.route.strip("/")] = Route(function.get_function_name(), function.get_user_function(),
+                                                 methods, level)
+    app._birdclf_routes = routes
     return routes
 
 
@@ -101,8 +118,8 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_FUNCTION_PORT, app
             if route not in routes:
                 self._json(404, f"no route {parts.path}; routes: " + ", ".join(f"/api/{r}" for r in routes))
                 return
-            user_function, methods = routes[route]
-            if self.command not in methods:
+            target = routes[route]
+            if self.command not in target.methods:
                 self._json(405, f"{parts.path} does not accept {self.command}")
                 return
             try:
@@ -120,7 +137,7 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_FUNCTION_PORT, app
             request = func.HttpRequest(self.command, f"http://{self.headers.get('Host', 'localhost')}{self.path}",
                                        headers=dict(self.headers.items()), params=dict(parse_qsl(parts.query)),
                                        route_params={}, body=body)
-            response = user_function(request)
+            response = target.function(request)
             headers = dict(response.headers)
             if response.mimetype:
                 headers.setdefault("Content-Type", f"{response.mimetype}; charset={response.charset or 'utf-8'}")

@@ -29,10 +29,10 @@ def check_address(address: str, allow_private: bool) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
-        raise UrlFetchError(f"URL resolves to a refused address ({ip})")
     if not allow_private and (ip.is_private or ip.is_loopback or ip.is_link_local or not ip.is_global):
         raise UrlFetchError(f"URL resolves to a private, loopback or link-local address ({ip}): refused")
+    if ip.is_unspecified or ip.is_multicast or (ip.is_reserved and not ip.is_loopback):
+        raise UrlFetchError(f"URL resolves to a refused address ({ip})")
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):

@@ -1,0 +1,83 @@
+"""The birdclf command line, run as a real process."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import make_image
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "birdclf", *args], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=300)
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for i, fmt in enumerate(["JPEG", "PNG"]):
+        path = tmp_path / f"img{i}.{fmt.lower()}"
+        path.write_bytes(make_image(seed=i, fmt=fmt))
+        paths.append(str(path))
+    return paths
+
+
+def test_predict_table_json_csv(tiny_onnx, images):
+    out = run("predict", *images, "--model", str(tiny_onnx), "--top-k", "2")
+    assert out.returncode == 0 and images[0] in out.stdout and "%" in out.stdout
+    out = run("predict", *images, "--model", str(tiny_onnx), "--json")
+    data = json.loads(out.stdout)
+    assert [d["image"] for d in data] == images and len(data[0]["top_k"]) == 3
+    out = run("predict", *images, "--model", str(tiny_onnx), "--csv", "--top-k", "2")
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(rows) == 4 and rows[0]["rank"] == "1"
+
+
+def test_predict_says_not_a_bird(starter_onnx, tmp_path):
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    cat = tmp_path / "cat.png"
+    Image.fromarray(data.chelsea()).save(cat)
+    out = run("predict", str(cat), "--model", str(starter_onnx))
+    assert out.returncode == 0 and "may not be a bird" in out.stdout
+
+
+def test_bad_image_is_reported_and_others_still_predicted(tiny_onnx, images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = run("predict", images[0], str(bad), "--model", str(tiny_onnx), "--json")
+    assert out.returncode == 1 and "bad.jpg" in out.stderr and "Traceback" not in out.stderr
+    assert len(json.loads(out.stdout)) == 1
+
+
+def test_missing_model_is_one_clear_line(tmp_path, images):
+    out = run("predict", images[0], env={"BIRDCLF_HOME": str(tmp_path), "BIRDCLF_MODEL": ""})
+    assert out.returncode == 2 and "birdclf starter" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_starter_keeps_an_existing_file(starter_onnx):
+    before = starter_onnx.stat().st_mtime_ns
+    out = run("starter", "--out", str(starter_onnx))
+    assert out.returncode == 0 and "already" in out.stdout and starter_onnx.stat().st_mtime_ns == before
+
+
+def test_package_function(tmp_path, tiny_onnx, starter_onnx):
+    dest = tmp_path / "fn"
+    dest.mkdir()
+    out = run("package-function", str(tiny_onnx), "--dest", str(dest))
+    assert out.returncode == 0, out.stderr
+    assert (dest / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    assert (dest / "birdclf" / "inference.py").is_file()
+    out = run("package-function", str(starter_onnx), "--dest", str(dest))
+    assert out.returncode == 2 and "--force" in out.stderr
+    assert (dest / "model.onnx").read_bytes() == tiny_onnx.read_bytes()  # nothing overwritten
+    out = run("package-function", str(starter_onnx), "--dest", str(dest), "--force")
+    assert out.returncode == 0 and (dest / "model.onnx.bak").read_bytes() == tiny_onnx.read_bytes()
