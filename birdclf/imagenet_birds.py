@@ -6,7 +6,7 @@ __all__ = ["IMAGENET_BIRDS", "bird_indices", "bird_names"]
 
 # ImageNet class index -> readable name. Indices 7-24, 80-100 and 127-146 are the bird synsets.
 IMAGENET_BIRDS: dict[int, str] = {
-    7: "Rooster", 8: "Hen", 9: "Common ostrich", 10: "Brambling", 11: "European goldfinch",
+    7: "Rooster", 8: "Hen", 9: "Common ostrich", 10: "Brambling", 11: "Goldfinch",
     12: "House finch", 13: "Dark-eyed junco", 14: "Indigo bunting", 15: "American robin", 16: "Bulbul",
     17: "Jay", 18: "Magpie", 19: "Chickadee", 20: "American dipper", 21: "Kite", 22: "Bald eagle",
     23: "Vulture", 24: "Great grey owl",
