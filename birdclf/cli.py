@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; errors print one clear line and exit 2, never a traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or _COMMANDS[args.command]
+        return handler(args)
     except BirdclfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

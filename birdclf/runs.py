@@ -1,0 +1,45 @@
+"""Run folders: everything one training run produced, reloadable for evaluation, export and serving."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import BirdclfError
+
+__all__ = ["load_run", "run_info", "list_runs"]
+
+
+def _check(run_dir: str | os.PathLike) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "export.pkl").is_file():
+        raise BirdclfError(f"{run_dir} is not a run folder (no export.pkl)")
+    return run_dir
+
+
+def load_run(run_dir: str | os.PathLike, cpu: bool = True) -> Any:
+    """The exported fastai Learner of a run (pickle: only load runs you made)."""
+    from fastai.learner import load_learner
+
+    return load_learner(_check(run_dir) / "export.pkl", cpu=cpu)
+
+
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """config.json and metrics.json of a run."""
+    run_dir = _check(run_dir)
+    info: dict[str, Any] = {"run_dir": str(run_dir)}
+    for name in ("config", "metrics"):
+        path = run_dir / f"{name}.json"
+        if path.is_file():
+            info[name] = json.loads(path.read_text())
+    info["model_onnx"] = str(run_dir / "model.onnx") if (run_dir / "model.onnx").is_file() else None
+    return info
+
+
+def list_runs(root: str | os.PathLike = "runs") -> list[Path]:
+    """Run folders under `root`, oldest first."""
+    root = Path(root)
+    return sorted((p for p in root.iterdir() if (p / "export.pkl").is_file()), key=lambda p: p.stat().st_mtime) \
+        if root.is_dir() else []
