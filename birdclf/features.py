@@ -51,8 +51,9 @@ def extract_features(learn: Any, paths: list[Path], flip: bool = False, cache_di
     return feats
 
 
-def fit_head_on_features(learn: Any, epochs: int = 20, lr: float = 2e-3, bs: int = 64, flip: bool = True,
-                         cache_dir: str | os.PathLike | None = None, seed: int = 42) -> dict[str, Any]:
+def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int = 128, flip: bool = True,
+                         cache_dir: str | os.PathLike | None = None, seed: int = 42, wd: float | None = 0.1,
+                         label_smoothing: float = 0.1) -> dict[str, Any]:
     """Train the Learner's own head (after pooling) with fastai's one-cycle on cached features; the head is
     trained in place, so the Learner then predicts, exports and fine-tunes as usual."""
     import torch
@@ -76,10 +77,12 @@ def fit_head_on_features(learn: Any, epochs: int = 20, lr: float = 2e-3, bs: int
     head = learn.model[1][2:]
     device = next(head.parameters()).device
     head.cpu()
-    head_learn = Learner(dls, head, loss_func=torch.nn.CrossEntropyLoss(), metrics=[accuracy])
+    loss = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    head_learn = Learner(dls, head, loss_func=loss, metrics=[accuracy], wd=wd)
     with head_learn.no_bar(), head_learn.no_logging():
         head_learn.fit_one_cycle(epochs, lr)
         loss, acc = head_learn.validate()
     head.to(device)
-    return {"epochs": epochs, "lr": lr, "train_features": int(len(x_train)), "valid_accuracy": float(acc),
+    return {"epochs": epochs, "lr": lr, "bs": bs, "wd": wd, "label_smoothing": label_smoothing,
+            "train_features": int(len(x_train)), "valid_accuracy": float(acc),
             "valid_loss": float(loss), "feature_dim": int(x_train.shape[1])}

@@ -63,7 +63,7 @@ def default_presize(input_size: int) -> int:
 
 def make_dataloaders(splits: dict[str, list[tuple[Path, str]]], config: ModelConfig, bs: int = 32,
                      presize: int | None = None, augment: bool = True, num_workers: int | None = None,
-                     device: Any = None, seed: int = 42) -> Any:
+                     device: Any = None, seed: int = 42, min_scale: float = 0.35, batch_min_scale: float = 0.75) -> Any:
     """DataBlock -> DataLoaders: train items random-cropped to `presize` then augmented and resized on the batch;
     valid items go through EvalResizeCrop only (the batch resize is then an identity)."""
     train, valid = splits["train"], splits.get("valid") or []
@@ -76,11 +76,11 @@ def make_dataloaders(splits: dict[str, list[tuple[Path, str]]], config: ModelCon
     vocab = sorted({label for _, label in train + valid})
     eval_crop = EvalResizeCrop(config.resize_size, config.input_size, config.interpolation)
     if augment:
-        train_crop = RandomResizedCrop(presize or default_presize(config.input_size), min_scale=0.35)
+        train_crop = RandomResizedCrop(presize or default_presize(config.input_size), min_scale=min_scale)
         train_crop.split_idx = 0
         item_tfms = [train_crop, eval_crop]
-        batch_tfms = [*aug_transforms(size=config.input_size, min_scale=0.75), Normalize.from_stats(config.mean,
-                                                                                                    config.std)]
+        batch_tfms = [*aug_transforms(size=config.input_size, min_scale=batch_min_scale),
+                      Normalize.from_stats(config.mean, config.std)]
     else:
         eval_crop.split_idx = None  # every split gets the validation transform
         item_tfms = [eval_crop]

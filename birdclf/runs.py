@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import BirdclfError
 
-__all__ = ["load_run", "run_info", "list_runs"]
+__all__ = ["load_run", "run_info", "list_runs", "attach_data"]
 
 
 def _check(run_dir: str | os.PathLike) -> Path:
@@ -43,3 +43,14 @@ def list_runs(root: str | os.PathLike = "runs") -> list[Path]:
     root = Path(root)
     return sorted((p for p in root.iterdir() if (p / "export.pkl").is_file()), key=lambda p: p.stat().st_mtime) \
         if root.is_dir() else []
+
+
+def attach_data(learn: Any, splits: dict, bs: int = 32, num_workers: int | None = None) -> Any:
+    """Give a reloaded Learner DataLoaders again (the cleaner and fastai's interpretation need them)."""
+    from .loaders import make_dataloaders
+
+    dls = make_dataloaders(splits, learn.birdclf_config, bs=bs, num_workers=num_workers)
+    if list(dls.vocab) != list(learn.dls.vocab):
+        raise BirdclfError("these data have other classes than the run was trained on")
+    learn.dls = dls.to(learn.dls.device) if hasattr(learn.dls, "device") and learn.dls.device else dls
+    return learn

@@ -45,8 +45,9 @@ def arch_config(arch: str, labels: list[str], input_size: int | None = None, mod
 
 
 def make_learner(dls: Any, arch: str, config: ModelConfig, pretrained: bool = True, path: str | os.PathLike = ".",
-                 train_bn: bool = True) -> Any:
+                 train_bn: bool = True, label_smoothing: float = 0.1, freeze_bn: bool = True) -> Any:
     """A fastai Learner: timm body (ImageNet weights from the hub or offline packages) + fastai head, frozen."""
+    from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
     from fastai.metrics import F1Score, accuracy
     from fastai.vision.all import Learner, TimmBody, add_head, default_split
 
@@ -55,10 +56,15 @@ def make_learner(dls: Any, arch: str, config: ModelConfig, pretrained: bool = Tr
     backbone, source = create_model(arch, pretrained=pretrained, num_classes=0)
     body = TimmBody(backbone, pretrained, None, 3)
     model = add_head(body, backbone.num_features, dls.c, pool=body.needs_pool)
-    learn = Learner(dls, model, splitter=default_split, path=Path(path), train_bn=train_bn,
+    loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
+    learn = Learner(dls, model, splitter=default_split, path=Path(path), train_bn=train_bn, loss_func=loss,
                     metrics=[accuracy, top5_accuracy, F1Score(average="weighted")])
     if pretrained:
         learn.freeze()
+    if freeze_bn and pretrained:  # keep the pretrained BN statistics (see FreezeBodyBatchNorm)
+        from .callbacks import FreezeBodyBatchNorm
+
+        learn.add_cb(FreezeBodyBatchNorm())
     learn.birdclf_config = ModelConfig.from_dict(config.to_dict() | {"labels": list(dls.vocab), "arch": arch})
     learn.weights_source = source
     return learn
@@ -83,7 +89,11 @@ class TrainConfig:
     seed: int = 42
     pretrained: bool = True
     fast_head: bool = False  # train the head on cached frozen-body features first
-    head_epochs: int = 20
+    head_epochs: int = 40
+    label_smoothing: float = 0.1
+    freeze_bn: bool = True  # body BatchNorm stays in inference mode (pretrained statistics) while training
+    min_scale: float = 0.35  # item-level random crop: smallest fraction of the image kept
+    batch_min_scale: float = 0.75  # batch-level random crop (aug_transforms)
     patience: int | None = 3
     lr_find_iters: int = 100
     num_workers: int | None = None
@@ -178,9 +188,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     labels = sorted({label for _, label in splits["train"]})
     config = arch_config(arch, labels, cfg.input_size)
     dls = make_dataloaders(splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
-                           seed=cfg.seed)
+                           seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale)
     run_dir = _run_dir(cfg, arch)
-    learn = make_learner(dls, arch, config, pretrained=cfg.pretrained, path=run_dir)
+    learn = make_learner(dls, arch, config, pretrained=cfg.pretrained, path=run_dir,
+                         label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
     if torch.cuda.is_available():
         learn.to_fp16()
     timings["setup_s"] = time.perf_counter() - start
@@ -196,7 +207,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         t = time.perf_counter()
         record["fast_head"] = fit_head_on_features(learn, cfg.head_epochs, cache_dir=cfg.feature_cache,
-                                                   seed=cfg.seed)
+                                                   seed=cfg.seed, label_smoothing=cfg.label_smoothing)
         timings["fast_head_s"] = time.perf_counter() - t
     lr = cfg.lr
     if cfg.epochs > 0 or (cfg.freeze_epochs > 0 and not cfg.fast_head):

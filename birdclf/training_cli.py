@@ -161,6 +161,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--fast-head", action="store_true", default=None, help="train the head on cached features first")
     p.add_argument("--head-epochs", type=int)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--train-bn-stats", dest="freeze_bn", action="store_false", default=None,
+                   help="let the body's BatchNorm use batch statistics (default: keep the pretrained ones)")
+    p.add_argument("--min-scale", type=float, help="item random crop: smallest fraction kept (default 0.35)")
+    p.add_argument("--batch-min-scale", type=float, help="batch random crop (default 0.75)")
     p.add_argument("--patience", type=int)
     p.add_argument("--lr-find-iters", type=int)
     p.add_argument("--num-workers", type=int)

@@ -129,33 +129,11 @@ def function_server(birdclf_home):
         proc.wait(10)
 
 
-CLASS_COLOURS = {"RED  CARDINAL": (220, 30, 30), "GREEN & BLUE JAY": (30, 200, 60), "BLUE BUNTING": (30, 60, 220)}
+def make_bird_dataset(root: Path, per_split: dict | None = None) -> Path:
+    """A tiny Kaggle-layout data set (the library's generator, also used by the notebooks' smoke mode)."""
+    from birdclf.data.synthetic import make_synthetic_birds
 
-
-def make_bird_dataset(root: Path, per_split: dict | None = None, size: tuple[int, int] = (72, 60),
-                      seed: int = 0) -> Path:
-    """A tiny Kaggle-layout data set: train/valid/test/<SPECIES>/*.jpg plus birds.csv; classes differ by colour,
-    names include a double space and '&' like the real set."""
-    per_split = per_split or {"train": 10, "valid": 4, "test": 4}
-    rng = np.random.default_rng(seed)
-    rows = []
-    for class_id, (name, colour) in enumerate(CLASS_COLOURS.items()):
-        for split, n in per_split.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                arr = rng.integers(0, 90, (size[1], size[0], 3)).astype(np.uint8)
-                cy, cx = rng.integers(size[1] // 4, 3 * size[1] // 4), rng.integers(size[0] // 4, 3 * size[0] // 4)
-                y, x = np.mgrid[0:size[1], 0:size[0]]
-                mask = ((y - cy) / (size[1] / 3)) ** 2 + ((x - cx) / (size[0] / 3)) ** 2 < 1
-                arr[mask] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
-                path = folder / f"{i + 1}.jpg"
-                Image.fromarray(arr).save(path, quality=92)
-                rows.append([class_id, f"{split}/{name}/{path.name}", name, split, f"Avis {class_id}"])
-    with open(root / "birds.csv", "w") as f:
-        f.write("class_id,filepaths,labels,data set,scientific name\n")
-        f.writelines(",".join(f'"{c}"' if "," in str(c) else str(c) for c in r) + "\n" for r in rows)
-    return root
+    return make_synthetic_birds(root, per_split)
 
 
 @pytest.fixture

@@ -60,9 +60,10 @@ def test_fast_head_matches_head_trained_the_normal_way(shared_bird_dataset):
 
     set_seed(0, reproducible=True)
     fast = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL)
-    report = fit_head_on_features(fast, epochs=8, lr=3e-3, bs=8, flip=False, seed=0)
+    report = fit_head_on_features(fast, epochs=8, lr=3e-3, bs=8, flip=False, seed=0, wd=None, label_smoothing=0.0)
     set_seed(0, reproducible=True)
-    normal = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL, train_bn=False)
+    normal = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL, train_bn=False,
+                          label_smoothing=0.0)
     with normal.no_bar(), normal.no_logging():
         normal.fit_one_cycle(8, 3e-3, cbs=[BnFreeze()])
         normal_acc = float(normal.validate()[1])
@@ -179,3 +180,21 @@ def test_untrained_tiny_timm_model(shared_bird_dataset, tmp_path):
                       bs=8, input_size=64, pretrained=False, num_workers=0, out=str(tmp_path), name="untrained")
     result = train(cfg)
     assert (result.run_dir / "model.onnx").exists() and "accuracy" in result.metrics["valid"]
+
+
+def test_body_batchnorm_stays_in_inference_mode(shared_bird_dataset):
+    import torch
+
+    from birdclf.callbacks import FreezeBodyBatchNorm
+
+    learn = make_learner(_dls(shared_bird_dataset), "tf_efficientnet_lite0", SMALL)
+    assert any(isinstance(cb, FreezeBodyBatchNorm) for cb in learn.cbs)
+    bn = next(m for m in learn.model[0].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    learn.unfreeze()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-4)
+    assert torch.equal(bn.running_mean, before)  # pretrained statistics kept
+    assert bn.weight.requires_grad  # while the affine weights train
+    plain = make_learner(_dls(shared_bird_dataset), "tf_efficientnet_lite0", SMALL, freeze_bn=False)
+    assert not any(isinstance(cb, FreezeBodyBatchNorm) for cb in plain.cbs)
