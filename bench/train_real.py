@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="unfrozen fine-tuning epochs (0: skip)")
     parser.add_argument("--head-epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr-mult", type=float, default=10, help="body lr = lr / lr_mult when unfrozen")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not Path(args.data).is_dir():
@@ -56,8 +57,8 @@ def main() -> None:
                 feature_cache=str(cache), out=str(out), evaluate=False, seed=42)
     stages = [("head-only (cached features)", TrainConfig(**base, epochs=0, name="head"))]
     if args.epochs:
-        stages.append(("head + fine-tune", TrainConfig(**base, epochs=args.epochs, lr=args.lr, patience=None,
-                                                       name="finetune")))
+        stages.append(("head + fine-tune", TrainConfig(**base, epochs=args.epochs, lr=args.lr, lr_mult=args.lr_mult,
+                                                       patience=None, name="finetune")))
     for title, cfg in stages:
         start = time.perf_counter()
         result = train(cfg)

@@ -24,7 +24,7 @@ from .constants import (
     MAX_TOP_K,
     MODEL_FILENAME,
 )
-from .errors import BirdclfError, EmptyImageError, ImageTooLargeError, UnsupportedMediaError
+from .errors import BirdclfError, EmptyImageError, ImageTooLargeError, ModelNotFoundError, UnsupportedMediaError
 from .imaging import ImageLimits
 
 __all__ = ["ApiRequest", "ApiResponse", "PredictionService", "ROUTES", "resolve_service_model"]
@@ -104,7 +104,6 @@ class PredictionService:
         origins = cors_origins if cors_origins is not None else os.environ.get(ENV_CORS_ORIGINS, "")
         self.cors_origins = {o.strip().rstrip("/") for o in origins.split(",") if o.strip()}
         self._predictor: Any = None
-        self._load_error: BirdclfError | None = None
         self._lock = threading.Lock()
 
     @property
@@ -115,20 +114,23 @@ class PredictionService:
                 if self._predictor is None:
                     from .inference import Predictor
 
-                    model = self._model if self._model is not None else (self._resolver() if self._resolver else None)
-                    self._predictor = Predictor(model, threads=self._threads, limits=self.limits)
+                    try:
+                        model = self._model if self._model is not None else (
+                            self._resolver() if self._resolver else None)
+                        self._predictor = Predictor(model, threads=self._threads, limits=self.limits)
+                    except BirdclfError:
+                        raise
+                    except OSError as exc:  # e.g. a model URL that cannot be downloaded
+                        raise ModelNotFoundError(f"cannot load the model: {exc}") from exc
         return self._predictor
 
     def warm_up(self) -> BirdclfError | None:
-        """Load the model now; returns (and remembers) the error instead of raising, so the app still starts."""
+        """Load the model now; returns the error instead of raising, so the app still starts and /health says why."""
         try:
             _ = self.predictor
-            self._load_error = None
         except BirdclfError as exc:
-            self._load_error = exc
-        except OSError as exc:
-            self._load_error = BirdclfError(f"cannot load model: {exc}")
-        return self._load_error
+            return exc
+        return None
 
     # -- routing -------------------------------------------------------------------------------------------
     def handle(self, route: str, request: ApiRequest) -> ApiResponse:

@@ -154,10 +154,9 @@ def export_learner(learn: Any, path: str | os.PathLike, model_name: str = "birdc
                    sample: np.ndarray | None = None) -> ExportReport:
     """Export a fastai Learner's model with its labels and validation transform in the metadata."""
     config = learner_config(learn, model_name, version)
-    if sample is None:
-        xb = learn.dls.valid.one_batch()[0]
-        sample = xb[:8].detach().cpu().float().numpy() if len(xb) else None
-    return export_onnx(learn.model, path, config, sample=sample)
+    if sample is None and len(getattr(learn.dls.valid, "dataset", ()) or ()):
+        sample = learn.dls.valid.one_batch()[0][:8].detach().cpu().float().numpy()  # real images when attached
+    return export_onnx(learn.model, path, config, sample=sample)  # else a seeded random batch (reloaded runs)
 
 
 class _Reader:

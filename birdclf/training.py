@@ -79,6 +79,7 @@ class TrainConfig:
     epochs: int = 3  # unfrozen epochs (0: head only)
     freeze_epochs: int = 1  # frozen-body epochs before unfreezing (fastai fine_tune)
     lr: float | None = None  # None: lr_find's valley suggestion
+    lr_mult: float = 100  # body learning rate = head learning rate / lr_mult when unfrozen (fastai fine_tune)
     bs: int = 32
     input_size: int | None = None
     presize: int | None = None
@@ -226,9 +227,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
 
             with learn.distrib_ctx():
-                _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs)
+                _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs, cfg.lr_mult)
         else:
-            _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs)
+            _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs, cfg.lr_mult)
         timings["fine_tune_s"] = time.perf_counter() - t
         if len(learn.recorder.values):
             _save_plot(lambda: learn.recorder.plot_loss(), run_dir / "loss.png")
@@ -258,14 +259,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
-def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list) -> None:
+def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_mult: float = 100) -> None:
     """fastai fine_tune; without frozen epochs (head already trained on cached features) only its unfrozen phase."""
     if epochs > 0 and freeze_epochs > 0:
-        learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, cbs=cbs)
+        learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, cbs=cbs)
     elif epochs > 0:
         base_lr = lr / 2  # what fine_tune uses after its frozen phase
         learn.unfreeze()
-        learn.fit_one_cycle(epochs, slice(base_lr / 100, base_lr), pct_start=0.3, div=5.0, cbs=cbs)
+        learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=0.3, div=5.0, cbs=cbs)
     elif freeze_epochs > 0:
         learn.fit_one_cycle(freeze_epochs, lr, cbs=cbs)
 

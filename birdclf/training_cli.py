@@ -151,6 +151,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="unfrozen epochs (0: head only)")
     p.add_argument("--freeze-epochs", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default: lr_find's valley)")
+    p.add_argument("--lr-mult", type=float, help="unfrozen body lr = lr / lr_mult (default 100, as fastai)")
     p.add_argument("--bs", type=int)
     p.add_argument("--input-size", type=int)
     p.add_argument("--presize", type=int)

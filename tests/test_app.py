@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -40,14 +41,25 @@ def test_client_reports_server_errors_in_plain_words(function_server):
     assert len(result["top_k"]) == 5
 
 
-def _voila(api_url: str):
+@contextlib.contextmanager
+def voila_app(api_url: str):
+    """Real Voila serving app.ipynb against `api_url`; yields the page URL, stops Voila afterwards."""
     port = free_port()
     env = dict(os.environ, BIRDCLF_API_URL=api_url, BIRDCLF_API_TIMEOUT="20")
     proc = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
                              "--Voila.ip=127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    wait_http(f"http://127.0.0.1:{port}/", 90)
-    return proc, f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", 90)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +100,7 @@ def _upload_and_classify(page, url: str, files: list[Path]) -> None:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_upload_and_classify_in_chromium(browser, function_server, bird_photo):
-    proc, url = _voila(function_server)
-    try:
+    with voila_app(function_server) as url:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         _upload_and_classify(page, url, [bird_photo])
         page.wait_for_selector(".bc-result", timeout=60_000)
@@ -101,28 +112,19 @@ def test_upload_and_classify_in_chromium(browser, function_server, bird_photo):
         if "shared" in str(bird_photo):
             assert "Goldfinch" in page.locator(".bc-result").inner_text()
         assert page.locator("text=Traceback").count() == 0
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "app_result.png"), full_page=True)
-    finally:
-        proc.terminate()
-        proc.wait(15)
+        _screenshot(page, "app_result.png")
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_function_down_shows_friendly_error(browser, bird_photo):
-    proc, url = _voila(f"http://127.0.0.1:{free_port()}/api")  # nothing listens there
-    try:
+    with voila_app(f"http://127.0.0.1:{free_port()}/api") as url:  # nothing listens there
         page = browser.new_page()
         _upload_and_classify(page, url, [bird_photo])
         page.wait_for_selector(".bc-result-error", timeout=60_000)
         text = page.locator(".bc-result-error").inner_text()
         assert "unreachable" in text and "Traceback" not in page.content()
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "app_function_down.png"), full_page=True)
-    finally:
-        proc.terminate()
-        proc.wait(15)
+        _screenshot(page, "app_function_down.png")
 
 
 @pytest.mark.slow

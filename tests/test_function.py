@@ -248,3 +248,15 @@ def test_concurrent_clients(function_server, reference):
         results = list(pool.map(client, range(8)))
     for index, answers in enumerate(results):
         assert answers == [(200, expected[index])] * 25
+
+
+def test_unloadable_model_is_503_with_a_reason(monkeypatch, tmp_path):
+    from birdclf.api import ApiRequest, PredictionService, resolve_service_model
+
+    monkeypatch.setenv("BIRDCLF_MODEL", "http://127.0.0.1:9/missing.onnx")  # nothing listens on port 9
+    monkeypatch.setenv("BIRDCLF_HOME", str(tmp_path))
+    service = PredictionService(model_resolver=resolve_service_model)
+    health = service.handle("health", ApiRequest("GET"))
+    assert health.status == 503 and "cannot load the model" in health.payload["error"]
+    answer = service.handle("predict", ApiRequest("POST", {"Content-Type": "image/jpeg"}, {}, make_image()))
+    assert answer.status == 503 and "model" in answer.payload["error"]

@@ -120,6 +120,12 @@ def test_evaluate_and_export_cli(run):
     assert abs(metrics["accuracy"] - run.metrics["test"]["accuracy"]) < 1e-6  # ONNX == fastai on test
     out = subprocess.run([sys.executable, "-m", "birdclf", "export", str(run.run_dir)], capture_output=True, text=True)
     assert out.returncode == 2 and "--force" in out.stderr
+    again = run.run_dir / "re-exported.onnx"
+    out = subprocess.run([sys.executable, "-m", "birdclf", "export", str(run.run_dir), "--out", str(again)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["top1_agreement"] == 1.0
+    assert Predictor(again).labels == Predictor(run.run_dir / "model.onnx").labels
 
 
 def test_cleaner_decisions_are_applied_safely(run, tmp_path, monkeypatch):
