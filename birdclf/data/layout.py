@@ -50,7 +50,7 @@ class Dataset:
 
 
 def read_dataset(root: str | os.PathLike) -> Dataset:
-    """Read `root`: Kaggle layout when it has train/ (plus valid/ and test/), else one folder per class (all 'train')."""
+    """Read `root`: Kaggle layout when it has train/ (and valid/, test/), else one folder per class (all 'train')."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")

@@ -71,7 +71,8 @@ def mini_subset(splits: Splits, per_class: int, seed: int = 42, max_classes: int
             if item[1] in keep:
                 by_class[item[1]].append(item)
         rng = random.Random(f"{seed}-{split}")
-        out[split] = [x for label in sorted(by_class) for x in rng.sample(by_class[label], min(n, len(by_class[label])))]
+        out[split] = [x for label in sorted(by_class)
+                      for x in rng.sample(by_class[label], min(n, len(by_class[label])))]
     return out
 
 
