@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import BirdclfError
 
-__all__ = ["load_run", "run_info", "list_runs", "attach_data"]
+__all__ = ["load_run", "run_info", "list_runs", "attach_data", "run_history"]
 
 
 def _check(run_dir: str | os.PathLike) -> Path:
@@ -54,3 +54,17 @@ def attach_data(learn: Any, splits: dict, bs: int = 32, num_workers: int | None 
         raise BirdclfError("these data have other classes than the run was trained on")
     learn.dls = dls.to(learn.dls.device) if hasattr(learn.dls, "device") and learn.dls.device else dls
     return learn
+
+
+def run_history(run_dir: str | os.PathLike) -> Any:
+    """The run's training log as a DataFrame: fastai's per-epoch history, or the cached-feature head's summary
+    when only the head was trained (no fastai epochs, so no history.csv)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if (run_dir / "history.csv").is_file():
+        return pd.read_csv(run_dir / "history.csv")
+    record = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    if "fast_head" in record:
+        return pd.DataFrame([{"stage": "head on cached features", **record["fast_head"]}])
+    raise BirdclfError(f"{run_dir} has no training history")

@@ -169,6 +169,10 @@ def test_reproducible_with_a_seed(shared_bird_dataset, tmp_path):
         return train(cfg).metrics["valid"]
 
     assert once("a") == once("b")
+    from birdclf.runs import run_history
+
+    history = run_history(tmp_path / "a")  # head only: no fastai epochs, the cached head's summary instead
+    assert history.loc[0, "stage"] == "head on cached features" and history.loc[0, "epochs"] == 3
 
 
 def test_compare_architectures(shared_bird_dataset, tmp_path):
