@@ -14,10 +14,13 @@ __all__ = ["feature_key", "extract_features", "fit_head_on_features"]
 
 
 def feature_key(learn: Any, paths: list[Path], flip: bool) -> str:
-    """Cache key: architecture, weights, transform and the exact files (path, size, mtime)."""
+    """Cache key: architecture, the body's current weights, transform and the exact files (path, size, mtime)."""
     h = hashlib.sha256()
     h.update(json.dumps([learn.birdclf_config.arch, getattr(learn, "weights_source", ""), flip,
                          learn.birdclf_config.input_size, learn.birdclf_config.resize_size]).encode())
+    body = list(learn.model[0].parameters())
+    for tensor in (body[0], body[-1]):  # a fine-tuned body changes these, so its features are not reused
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -78,8 +81,8 @@ def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int
     head = learn.model[1][2:]
     device = next(head.parameters()).device
     head.cpu()
-    loss = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    head_learn = Learner(dls, head, loss_func=loss, metrics=[accuracy], wd=wd)
+    loss_func = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    head_learn = Learner(dls, head, loss_func=loss_func, metrics=[accuracy], wd=wd)
     with head_learn.no_bar(), head_learn.no_logging():
         head_learn.fit_one_cycle(epochs, lr)
         loss, acc = head_learn.validate()

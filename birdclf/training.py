@@ -224,7 +224,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         t = time.perf_counter()
         freeze_epochs = 0 if cfg.fast_head else cfg.freeze_epochs
         if cfg.distributed:
-            from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
+            import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs `accelerate`)
 
             with learn.distrib_ctx():
                 _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs, cfg.lr_mult)

@@ -80,6 +80,12 @@ def test_feature_cache_is_reused(shared_bird_dataset, tmp_path):
     first = extract_features(learn, paths, flip=True, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 1 and first.shape == (2 * len(paths), 2 * 1280)
     assert np.array_equal(extract_features(learn, paths, flip=True, cache_dir=tmp_path), first)
+    import torch
+
+    with torch.no_grad():  # a changed body (as after fine-tuning) must not reuse the cached features
+        next(learn.model[0].parameters()).mul_(1.01)
+    extract_features(learn, paths, flip=True, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
 
 
 @pytest.fixture(scope="module")
