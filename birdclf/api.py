@@ -183,20 +183,10 @@ class PredictionService:
         if isinstance(from_json, dict) and "top_k" in from_json and "top_k" not in request.query:
             top_k = _parse_top_k(from_json["top_k"])
         predictor = self.predictor
-        predictions = self._predict_named(predictor, images, top_k)
+        predictions = predictor.predict_batch([data for _, data in images], top_k, names=[n for n, _ in images])
         results = [{"filename": name, **p.to_dict()} for (name, _), p in zip(images, predictions)]
         return ApiResponse(200, {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                                  "top_k": top_k, "predictions": results})
-
-    @staticmethod
-    def _predict_named(predictor: Any, images: list[tuple[str, bytes]], top_k: int) -> list[Any]:
-        arrays = []
-        for name, data in images:
-            try:
-                arrays.append(predictor.preprocess(data))
-            except BirdclfError as exc:
-                raise type(exc)(f"{name}: {exc}") from exc
-        return predictor.predict_arrays(arrays, top_k)
 
     def _read_images(self, request: ApiRequest) -> tuple[list[tuple[str, bytes]], Any]:
         content_type = request.header("Content-Type")

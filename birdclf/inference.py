@@ -178,14 +178,16 @@ class Predictor:
             out += [self._decode(probs[i], None if bird is None else bird[i], top_k) for i in range(len(batch))]
         return out
 
-    def predict_batch(self, images: Iterable[ImageSource], top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
-        """Predict several images (paths, bytes or PIL images); one bad image raises naming its position."""
+    def predict_batch(self, images: Iterable[ImageSource], top_k: int = DEFAULT_TOP_K,
+                      names: Sequence[str] | None = None) -> list[Prediction]:
+        """Predict several images (paths, bytes or PIL images); one bad image raises naming it (`names`, its path,
+        or its position)."""
         arrays = []
         for index, image in enumerate(images):
             try:
                 arrays.append(self.preprocess(image))
             except BirdclfError as exc:
-                name = image if isinstance(image, (str, os.PathLike)) else f"image {index}"
+                name = names[index] if names else image if isinstance(image, (str, os.PathLike)) else f"image {index}"
                 raise type(exc)(f"{name}: {exc}") from exc
         return self.predict_arrays(arrays, top_k) if arrays else []
 
