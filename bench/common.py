@@ -24,7 +24,7 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 0
-    from birdclf.inference import available_cpus
+    from birdclf.serving.predictor import available_cpus
 
     return {"cpu": cpu, "cpus": available_cpus(), "memory_gib": round(mem, 1), "python": platform.python_version(),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--int8-model", help="also size the deploy with this int8 model (default: bench.inference's)")
     args = parser.parse_args()
-    from birdclf.starter import build_starter
+    from birdclf.training.starter import build_starter
 
     model = Path(args.model) if args.model else build_starter()[0]
     images = sample_images(64)

@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, SHARED, machine, percentile, print_table, write_json
-from birdclf.inference import Predictor, available_cpus
+from birdclf.serving.predictor import Predictor, available_cpus
 
 COLD_ORT = """
 import sys, time; t0 = float(sys.argv[1])
-from birdclf.inference import Predictor
+from birdclf.serving.predictor import Predictor
 p = Predictor(sys.argv[2]); p.predict(open(sys.argv[3], 'rb').read())
 print(time.time() - t0)
 """
 COLD_TORCH = """
 import sys, time; t0 = float(sys.argv[1])
 import torch
-from birdclf.starter import starter_module
-from birdclf.weights import create_model
-from birdclf.imagenet_birds import bird_indices
-from birdclf.imaging import preprocess
-from birdclf.inference import read_model_config
+from birdclf.training.starter import starter_module
+from birdclf.training.weights import create_model
+from birdclf.training.imagenet_birds import bird_indices
+from birdclf.serving.imaging import preprocess
+from birdclf.training.export import read_model_config
 m = starter_module(create_model('tf_efficientnet_lite0')[0], bird_indices()).eval()
 x = torch.from_numpy(preprocess(sys.argv[3], read_model_config(sys.argv[2]))[None])
 with torch.inference_mode(): m(x)
@@ -74,9 +74,9 @@ class TorchRunner:
     def __init__(self, predictor: Predictor) -> None:
         import torch
 
-        from birdclf.imagenet_birds import bird_indices
-        from birdclf.starter import starter_module
-        from birdclf.weights import create_model
+        from birdclf.training.imagenet_birds import bird_indices
+        from birdclf.training.starter import starter_module
+        from birdclf.training.weights import create_model
 
         torch.set_num_threads(available_cpus())
         self.torch = torch
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--model", help="fp32 ONNX model (default: build/use the starter)")
     parser.add_argument("--iters", type=int, default=200)
     args = parser.parse_args()
-    from birdclf.export import quantize_int8
-    from birdclf.starter import build_starter
+    from birdclf.training.export import quantize_int8
+    from birdclf.training.starter import build_starter
 
     model = Path(args.model) if args.model else build_starter()[0]
     images = sample_images(64)

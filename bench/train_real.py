@@ -17,8 +17,8 @@ from pathlib import Path
 from bench.common import SHARED, machine, print_table, write_json
 from birdclf.data.layout import read_dataset
 from birdclf.data.split import make_splits
-from birdclf.evaluate import evaluate_onnx
-from birdclf.training import TrainConfig, train
+from birdclf.training.evaluate import evaluate_onnx
+from birdclf.training.trainer import TrainConfig, train
 
 
 def _key(name: str) -> str:

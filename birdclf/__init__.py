@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "Predictor", "Prediction", "ModelConfig", "BirdclfError"]
 
 _LAZY = {
-    "Predictor": "birdclf.inference",
-    "Prediction": "birdclf.inference",
+    "Predictor": "birdclf.serving.predictor",
+    "Prediction": "birdclf.serving.predictor",
     "ModelConfig": "birdclf.config",
     "BirdclfError": "birdclf.errors",
 }

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from .constants import DEFAULT_BIRD_THRESHOLD
+from .constants import DEFAULT_BIRD_THRESHOLD, DEFAULT_SPECIES_THRESHOLD
 from .errors import ModelFormatError
 
 __all__ = ["ModelConfig", "INTERPOLATIONS"]
@@ -30,6 +30,9 @@ class ModelConfig:
     version: str = "0"
     arch: str = ""
     bird_threshold: float = DEFAULT_BIRD_THRESHOLD
+    temperature: float = 1.0  # calibration: probabilities are softmax(logits / temperature)
+    species_threshold: float = DEFAULT_SPECIES_THRESHOLD  # calibrated top-1 probability for a "species" verdict
+    card: Mapping[str, Any] = field(default_factory=dict)  # the model card's summary (data, metrics, limits)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,8 +50,24 @@ class ModelConfig:
             problems.append(f"interpolation {self.interpolation!r} not in {INTERPOLATIONS}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             problems.append("mean and std need 3 values each, std > 0")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            problems.append(f"temperature must be a positive number, got {self.temperature}")
+        for name in ("bird_threshold", "species_threshold"):
+            if not 0 <= float(getattr(self, name)) <= 1:
+                problems.append(f"{name} must be from 0 to 1, got {getattr(self, name)}")
         if problems:
             raise ModelFormatError("invalid model config: " + "; ".join(problems))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle configs saved by older versions (inside export.pkl): fields added since get their defaults."""
+        for f in fields(self):
+            if f.name in state:
+                value = state[f.name]
+            elif f.default is not MISSING:
+                value = f.default
+            else:
+                value = f.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, f.name, value)
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +96,7 @@ class ModelConfig:
         """A JSON-ready dict."""
         d = asdict(self)
         d["labels"] = list(self.labels)
-        d["mean"], d["std"], d["extra"] = list(self.mean), list(self.std), dict(self.extra)
+        d["mean"], d["std"], d["extra"], d["card"] = list(self.mean), list(self.std), dict(self.extra), dict(self.card)
         return d
 
     def to_json(self) -> str:

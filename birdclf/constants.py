@@ -5,9 +5,11 @@ from __future__ import annotations
 __all__ = [
     "ENV_MODEL", "ENV_HOME", "ENV_THREADS", "ENV_MAX_BYTES", "ENV_MAX_PIXELS", "ENV_MAX_IMAGES",
     "ENV_ALLOW_PRIVATE_URLS", "ENV_URL_TIMEOUT", "ENV_CORS_ORIGINS", "ENV_API_URL", "ENV_API_KEY",
-    "ENV_API_TIMEOUT", "ENV_WEIGHTS_URL", "ENV_BIRD_THRESHOLD",
+    "ENV_API_TIMEOUT", "ENV_WEIGHTS_URL", "ENV_BIRD_THRESHOLD", "ENV_DECODE_MEMORY", "ENV_REQUEST_TIMEOUT",
+    "ENV_LOG_LEVEL", "DEFAULT_DECODE_MEMORY", "DEFAULT_REQUEST_TIMEOUT", "MAX_JSON_BYTES", "API_PREFIX",
     "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_IMAGES", "DEFAULT_URL_TIMEOUT",
-    "DEFAULT_API_TIMEOUT", "DEFAULT_TOP_K", "MAX_TOP_K", "DEFAULT_BIRD_THRESHOLD", "STARTER_BIRD_THRESHOLD",
+    "DEFAULT_API_TIMEOUT", "DEFAULT_TOP_K", "MAX_TOP_K", "DEFAULT_BIRD_THRESHOLD", "DEFAULT_SPECIES_THRESHOLD",
+    "STARTER_BIRD_THRESHOLD",
     "DEFAULT_HOST", "DEFAULT_FUNCTION_PORT", "DEFAULT_APP_PORT", "DEFAULT_API_URL",
     "METADATA_KEY", "INPUT_NAME", "OUTPUT_LOGITS", "OUTPUT_BIRD", "ONNX_OPSET",
     "STARTER_ARCH", "STARTER_MODEL_NAME", "STARTER_FILENAME", "MODEL_FILENAME",
@@ -29,22 +31,31 @@ ENV_API_KEY = "BIRDCLF_API_KEY"  # Azure function key, sent as x-functions-key
 ENV_API_TIMEOUT = "BIRDCLF_API_TIMEOUT"  # seconds the web app waits for the function
 ENV_WEIGHTS_URL = "BIRDCLF_WEIGHTS_URL"  # a state-dict URL that overrides the timm hub
 ENV_BIRD_THRESHOLD = "BIRDCLF_BIRD_THRESHOLD"  # bird probability under which we say "not a bird"
+ENV_DECODE_MEMORY = "BIRDCLF_DECODE_MEMORY"  # bytes of decoded pixels held at once, over all requests
+ENV_REQUEST_TIMEOUT = "BIRDCLF_REQUEST_TIMEOUT"  # seconds one whole request may take (body, fetch, decode, model)
+ENV_LOG_LEVEL = "BIRDCLF_LOG_LEVEL"  # DEBUG, INFO, WARNING, ERROR
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_IMAGES = 16
 DEFAULT_URL_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 30.0
+# One 50 Mpx RGBA image decodes to 200 MB: images that large are decoded one at a time, small ones side by side.
+DEFAULT_DECODE_MEMORY = 256 * 1024 * 1024
+MAX_JSON_BYTES = 256 * 1024  # a JSON body holds URLs, never image data
 DEFAULT_API_TIMEOUT = 30.0
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 50
 DEFAULT_BIRD_THRESHOLD = 0.5
+DEFAULT_SPECIES_THRESHOLD = 0.5  # models without calibration: "species" when the top-1 probability is >= 50%
 # Measured on 2,024 real bird photos (../shared/data): 99.2% score >= 0.15; 20 non-bird photos all < 0.06.
 STARTER_BIRD_THRESHOLD = 0.15
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_FUNCTION_PORT = 7071  # the Azure Functions host's local port
 DEFAULT_APP_PORT = 8866  # Voila's default port
-DEFAULT_API_URL = f"http://{DEFAULT_HOST}:{DEFAULT_FUNCTION_PORT}/api"
+API_PREFIX = "/api"
+DEFAULT_API_URL = f"http://{DEFAULT_HOST}:{DEFAULT_FUNCTION_PORT}{API_PREFIX}"
 
 # The ONNX contract every birdclf model follows.
 METADATA_KEY = "birdclf_config"

@@ -1,4 +1,4 @@
-"""The one-command demo: the local prediction function plus the Voila app, started and stopped together."""
+"""The one-command demo: the local prediction API plus the Voila web app, started and stopped together."""
 
 from __future__ import annotations
 
@@ -11,30 +11,25 @@ import urllib.request
 from pathlib import Path
 
 from .constants import ENV_API_URL, ENV_MODEL
-from .errors import BirdclfError
+from .errors import BirdclfError, ModelNotFoundError
+from .settings import get_settings
 
-__all__ = ["repo_root", "ensure_model", "wait_for_http", "run_demo"]
-
-
-def repo_root() -> Path:
-    """The checkout holding app.ipynb and azure_function/."""
-    return Path(__file__).resolve().parents[1]
+__all__ = ["ensure_model", "wait_for_http", "run_demo"]
 
 
 def ensure_model(model: str | None = None) -> Path:
-    """The model to serve: given, $BIRDCLF_MODEL, a packaged azure_function/model.onnx, else the starter (built)."""
-    from .api import resolve_service_model
-    from .starter import build_starter, starter_path
+    """The model to serve: given, $BIRDCLF_MODEL, ./azure_function/model.onnx, else the starter (built once)."""
+    from .serving.model_source import resolve_model_path
 
-    chosen = model or resolve_service_model(repo_root() / "azure_function")
-    if chosen:
-        if not Path(chosen).is_file():
-            raise BirdclfError(f"model not found: {chosen}")
-        return Path(chosen)
-    if not starter_path().is_file():
-        print("building the offline starter model (once, ~20 s)...", flush=True)
-        build_starter()
-    return starter_path()
+    try:
+        return resolve_model_path(model, beside=Path("azure_function"))
+    except ModelNotFoundError:
+        if model or get_settings().model:
+            raise
+    from .training.starter import build_starter
+
+    print("building the offline starter model (once, ~20 s)...", flush=True)
+    return build_starter()[0]
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -42,8 +37,8 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise BirdclfError(f"{process.args[2] if len(process.args) > 2 else process.args} exited with "
-                               f"code {process.returncode} before {url} answered")
+            raise BirdclfError(f"{' '.join(map(str, process.args[1:4]))} exited with code {process.returncode} "
+                               f"before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -56,19 +51,20 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
 
 def run_demo(model: str | None, host: str, function_port: int, app_port: int) -> int:
     """Start both servers, print their URLs, and stop both on Ctrl-C or when either exits."""
+    from .webapp import NOTEBOOK
+
     model_path = ensure_model(model)
     api_url = f"http://{host}:{function_port}/api"
     env = dict(os.environ, **{ENV_MODEL: str(model_path.resolve()), ENV_API_URL: api_url})
-    root = repo_root()
     procs = [subprocess.Popen([sys.executable, "-m", "birdclf", "serve", "--host", host, "--port",
-                               str(function_port)], env=env, cwd=root)]
+                               str(function_port)], env=env)]
     try:
         wait_for_http(f"{api_url}/health", 60, procs[0])
-        procs.append(subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser",
-                                       f"--port={app_port}", f"--Voila.ip={host}"], env=env, cwd=root))
+        procs.append(subprocess.Popen([sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser",
+                                       f"--port={app_port}", f"--Voila.ip={host}"], env=env, cwd=NOTEBOOK.parent))
         wait_for_http(f"http://{host}:{app_port}/", 120, procs[1])
-        print(f"\n  prediction function: {api_url}/predict   (model: {model_path})"
-              f"\n  web app:             http://{host}:{app_port}/\n\n  Ctrl-C stops both.\n", flush=True)
+        print(f"\n  prediction API: {api_url}/predict   (docs: {api_url}/docs; model: {model_path})"
+              f"\n  web app:        http://{host}:{app_port}/\n\n  Ctrl-C stops both.\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

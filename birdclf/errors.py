@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BirdclfError", "InvalidImageError", "EmptyImageError", "ImageTooLargeError",
     "UnsupportedMediaError", "ModelNotFoundError", "ModelFormatError", "ExportError",
-    "DataError", "WeightsUnavailableError", "UrlFetchError",
+    "DataError", "WeightsUnavailableError", "UrlFetchError", "SettingsError", "BusyError", "RequestTimeoutError",
 ]
 
 
@@ -61,3 +61,21 @@ class DataError(BirdclfError, ValueError):
 
 class WeightsUnavailableError(BirdclfError, RuntimeError):
     """No pretrained weights could be found (hub unreachable and no offline package)."""
+
+
+class SettingsError(BirdclfError, ValueError):
+    """An environment setting has a value birdclf cannot use; the message names the variable."""
+
+    status = 503
+
+
+class BusyError(BirdclfError, RuntimeError):
+    """The server is at capacity; the client may retry shortly."""
+
+    status = 503
+
+
+class RequestTimeoutError(BirdclfError, TimeoutError):
+    """The request's body did not arrive, or its work did not finish, within the request deadline."""
+
+    status = 408

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub in tests
+for _name in [k for k in os.environ if k.startswith("BIRDCLF_")]:  # the developer's own settings stay out of tests
+    del os.environ[_name]
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Every test parses the environment anew (settings are otherwise parsed once per process)."""
+    from birdclf.settings import reset_settings
+
+    reset_settings()
+    yield
+    reset_settings()
 
 
 def make_image(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB", seed: int = 0,
@@ -43,10 +59,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    """Wait until `url` answers with any HTTP status."""
+def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until `url` answers with any HTTP status (fail at once if `process` exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before {url} answered")
         try:
             urllib.request.urlopen(url, timeout=2)
             return
@@ -88,7 +106,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_torch_model, tiny_config) -> Path:
     """The tiny model exported with birdclf's exporter."""
-    from birdclf.export import export_onnx
+    from birdclf.training.export import export_onnx
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     export_onnx(tiny_torch_model, path, tiny_config)
@@ -99,7 +117,7 @@ def tiny_onnx(tmp_path_factory, tiny_torch_model, tiny_config) -> Path:
 def birdclf_home(tmp_path_factory) -> Path:
     """A private BIRDCLF_HOME holding the real starter model, built once per test session."""
     home = tmp_path_factory.mktemp("birdclf_home")
-    from birdclf.starter import build_starter
+    from birdclf.training.starter import build_starter
 
     build_starter(home / "starter.onnx")
     return home
@@ -110,23 +128,48 @@ def starter_onnx(birdclf_home) -> Path:
     return birdclf_home / "starter.onnx"
 
 
-@pytest.fixture(scope="session")
-def function_server(birdclf_home):
-    """`birdclf serve` in its own process on a free loopback port, serving the starter model."""
+@dataclasses.dataclass
+class ServerProcess:
+    """A running `birdclf serve`: its base URL (…/api), process and log file."""
+
+    base: str
+    proc: subprocess.Popen
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def api_process(home: Path, env: dict | None = None, args: tuple[str, ...] = (), wait: bool = True,
+                python: str = sys.executable, cwd: str | os.PathLike | None = None) -> Iterator[ServerProcess]:
+    """`birdclf serve` (uvicorn) in its own process on a free loopback port, logging to a file."""
     port = free_port()
-    env = dict(os.environ, BIRDCLF_HOME=str(birdclf_home), BIRDCLF_THREADS="1", BIRDCLF_MAX_BYTES="2000000",
-               BIRDCLF_MAX_PIXELS="4000000", BIRDCLF_MAX_IMAGES="4")
-    env.pop("BIRDCLF_MODEL", None)
-    env.pop("BIRDCLF_ALLOW_PRIVATE_URLS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "birdclf", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/api"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDCLF_")}
+    full_env.update({"BIRDCLF_HOME": str(home), "BIRDCLF_THREADS": "1", **(env or {})})
+    log = Path(tempfile.mkstemp(prefix="birdclf-serve-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([python, "-m", "birdclf", "serve", "--port", str(port), *args], env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    server = ServerProcess(f"http://127.0.0.1:{port}/api", proc, log)
     try:
-        wait_http(f"{base}/health")
-        yield base
+        if wait:
+            wait_http(f"{server.base}/health", process=proc)
+        yield server
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def api_server(birdclf_home):
+    """`birdclf serve` with the starter model and small limits (2 MB, 4 Mpx, 4 images per request)."""
+    env = {"BIRDCLF_MAX_BYTES": "2000000", "BIRDCLF_MAX_PIXELS": "4000000", "BIRDCLF_MAX_IMAGES": "4"}
+    with api_process(birdclf_home, env) as server:
+        yield server.base
 
 
 def make_bird_dataset(root: Path, per_split: dict | None = None) -> Path:

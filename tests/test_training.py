@@ -14,9 +14,10 @@ pytest.importorskip("fastai")
 from birdclf.config import ModelConfig  # noqa: E402
 from birdclf.data.layout import read_dataset  # noqa: E402
 from birdclf.data.split import make_splits  # noqa: E402
-from birdclf.imaging import preprocess  # noqa: E402
-from birdclf.inference import Predictor  # noqa: E402
-from birdclf.training import TrainConfig, make_learner, train  # noqa: E402
+from birdclf.serving.imaging import preprocess  # noqa: E402
+from birdclf.serving.predictor import Predictor  # noqa: E402
+from birdclf.training.learner import make_learner  # noqa: E402
+from birdclf.training.trainer import TrainConfig, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SMALL = ModelConfig(model_name="t", labels=("x",), input_size=64, resize_size=73, interpolation="bicubic",
@@ -24,7 +25,7 @@ SMALL = ModelConfig(model_name="t", labels=("x",), input_size=64, resize_size=73
 
 
 def _dls(data, augment=True, bs=8):
-    from birdclf.loaders import make_dataloaders
+    from birdclf.training.loaders import make_dataloaders
 
     return make_dataloaders(make_splits(read_dataset(data)), SMALL, bs=bs, augment=augment, num_workers=0)
 
@@ -56,7 +57,7 @@ def test_fast_head_matches_head_trained_the_normal_way(shared_bird_dataset):
     from fastai.callback.training import BnFreeze
     from fastai.torch_core import set_seed
 
-    from birdclf.features import fit_head_on_features
+    from birdclf.training.features import fit_head_on_features
 
     set_seed(0, reproducible=True)
     fast = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL)
@@ -73,7 +74,7 @@ def test_fast_head_matches_head_trained_the_normal_way(shared_bird_dataset):
 
 
 def test_feature_cache_is_reused(shared_bird_dataset, tmp_path):
-    from birdclf.features import extract_features
+    from birdclf.training.features import extract_features
 
     learn = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL)
     paths = list(learn.dls.valid_ds.items)
@@ -143,7 +144,7 @@ def test_cleaner_decisions_are_applied_safely(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fastai_widgets, "display", display, raising=False)  # IPython injects it in notebooks
 
-    from birdclf.cleaning import apply_cleaner
+    from birdclf.training.cleaning import apply_cleaner
 
     cleaner = ImageClassifierCleaner(run.learn)
     # work on a copy so the shared data set stays as it is
@@ -175,14 +176,14 @@ def test_reproducible_with_a_seed(shared_bird_dataset, tmp_path):
         return train(cfg).metrics["valid"]
 
     assert once("a") == once("b")
-    from birdclf.runs import run_history
+    from birdclf.training.runs import run_history
 
     history = run_history(tmp_path / "a")  # head only: no fastai epochs, the cached head's summary instead
     assert history.loc[0, "stage"] == "head on cached features" and history.loc[0, "epochs"] == 3
 
 
 def test_compare_architectures(shared_bird_dataset, tmp_path):
-    from birdclf.compare import compare_architectures
+    from birdclf.training.compare import compare_architectures
 
     base = TrainConfig(data=str(shared_bird_dataset), epochs=0, bs=8, input_size=64, fast_head=True, head_epochs=2,
                        num_workers=0, out=str(tmp_path), onnx=True)
@@ -201,7 +202,7 @@ def test_untrained_tiny_timm_model(shared_bird_dataset, tmp_path):
 def test_body_batchnorm_stays_in_inference_mode(shared_bird_dataset):
     import torch
 
-    from birdclf.callbacks import FreezeBodyBatchNorm
+    from birdclf.training.callbacks import FreezeBodyBatchNorm
 
     learn = make_learner(_dls(shared_bird_dataset), "tf_efficientnet_lite0", SMALL)
     assert any(isinstance(cb, FreezeBodyBatchNorm) for cb in learn.cbs)

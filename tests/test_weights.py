@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from birdclf.errors import WeightsUnavailableError
-from birdclf.weights import create_model, offline_state_dict
+from birdclf.training.weights import create_model, offline_state_dict
 
 
 def test_offline_weights_map_onto_timm():

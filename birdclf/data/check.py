@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BirdclfError
-from ..imaging import ImageLimits, load_image
+from ..serving.imaging import ImageLimits, load_image
 from .layout import Dataset
+from .paths import free_path
 
 __all__ = ["CheckReport", "find_invalid", "quarantine", "dhash", "find_duplicates", "check_dataset"]
 
@@ -79,11 +80,7 @@ def quarantine(paths: list[str | Path], root: str | os.PathLike, folder: str | o
             relative = path.resolve().relative_to(root.resolve())
         except ValueError:
             relative = Path(path.name)
-        target = folder / relative
-        stem, n = target, 1
-        while target.exists():
-            target = stem.with_name(f"{stem.stem}.{n}{stem.suffix}")
-            n += 1
+        target = free_path(folder / relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(path), target)
         moved.append((str(path), str(target)))

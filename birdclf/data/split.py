@@ -14,6 +14,7 @@ from PIL import Image
 from ..errors import DataError
 from .labels import label_map
 from .layout import Dataset
+from .paths import free_path
 
 __all__ = ["Splits", "make_splits", "mini_subset", "materialize", "dataset_stats"]
 
@@ -83,11 +84,7 @@ def materialize(splits: Splits, dest: str | os.PathLike, copy: bool = False) -> 
         raise DataError(f"{dest} exists and is not empty: choose a new folder")
     for split, items in splits.items():
         for path, label in items:
-            target = dest / split / label / path.name
-            n = 1
-            while target.exists():
-                target = target.with_name(f"{path.stem}.{n}{path.suffix}")
-                n += 1
+            target = free_path(dest / split / label / path.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             if copy:
                 shutil.copy2(path, target)

@@ -1,0 +1,268 @@
+"""Decode untrusted images with bounded memory and apply the model's validation transform (Pillow + numpy)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..config import ModelConfig
+from ..constants import ALLOWED_FORMATS
+from ..errors import BusyError, EmptyImageError, ImageTooLargeError, InvalidImageError
+
+__all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "return_freed_memory_to_os", "load_image",
+           "reduce_factor",
+           "resize_center_crop", "normalize", "preprocess"]
+
+logger = logging.getLogger(__name__)
+
+ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image]
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_STRIP_BYTES = 8 * 1024 * 1024  # rows converted at a time when a large image is reduced
+_BUDGET_WAIT_S = 30.0  # longest wait for decode memory before answering "busy"
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Byte and pixel limits for untrusted images (defaults: BIRDCLF_MAX_BYTES and BIRDCLF_MAX_PIXELS)."""
+
+    max_bytes: int = 0
+    max_pixels: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.max_bytes or not self.max_pixels:
+            from ..settings import get_settings
+
+            settings = get_settings()
+            object.__setattr__(self, "max_bytes", int(self.max_bytes or settings.max_bytes))
+            object.__setattr__(self, "max_pixels", int(self.max_pixels or settings.max_pixels))
+
+
+class DecodeBudget:
+    """A weighted semaphore over decoded-pixel memory: big images decode one at a time, small ones side by side."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, int(capacity))
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int, timeout: float = _BUDGET_WAIT_S) -> Iterator[None]:
+        """Hold `nbytes` (at most the whole capacity) while decoding; BusyError if none frees up in time."""
+        need = min(max(1, int(nbytes)), self.capacity)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + need <= self.capacity, timeout):
+                raise BusyError("the server is busy decoding other large images; please try again shortly")
+            self.in_use += need
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= need
+                self._cond.notify_all()
+
+
+_budget: DecodeBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def decode_budget() -> DecodeBudget:
+    """The process-wide decode budget (BIRDCLF_DECODE_MEMORY bytes)."""
+    global _budget
+    if _budget is None:
+        with _budget_lock:
+            if _budget is None:
+                from ..settings import get_settings
+
+                _budget = DecodeBudget(get_settings().decode_memory)
+    return _budget
+
+
+def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
+    """glibc only: allocations of `threshold` bytes and more are mmapped, so a decoded photo's memory goes back to
+    the OS when freed instead of staying in one malloc arena per worker thread. Measured with 8 concurrent
+    49 Mpx PNGs: peak 1.05 GB and 0.98 GB kept afterwards without it; peak 0.39 GB and 0.15 GB kept with it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to tune
+        return False
+
+
+def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
+    """Get the raw bytes of a path or buffer, enforcing the byte limit before reading."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImageError(f"no such image file: {path}")
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise ImageTooLargeError(f"{path.name} is {size} bytes, over the {limits.max_bytes}-byte limit")
+        data = path.read_bytes()
+    else:
+        data = source if isinstance(source, bytes) else bytes(source)
+    if not data:
+        raise EmptyImageError("empty image: zero bytes received")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(f"image is {len(data)} bytes, over the {limits.max_bytes}-byte limit")
+    return data
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Pillow's in-memory pixel size (RGB is stored as 4 bytes)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _to_rgb(img: Image.Image, scale_max: float | None = None) -> Image.Image:
+    """Convert any mode to RGB; transparent areas become white, not black; 16/32-bit scaled to 8-bit."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = scale_max if scale_max is not None else float(arr.max())
+        img = Image.fromarray((arr * (255.0 / (top or 1.0))).clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def reduce_factor(size: tuple[int, int], min_short_side: int | None) -> int:
+    """The integer box-reduction that keeps the shorter side at least `min_short_side` (1: keep as is)."""
+    if not min_short_side:
+        return 1
+    return max(1, min(size) // int(min_short_side))
+
+
+def _to_rgb_reduced(img: Image.Image, factor: int) -> Image.Image:
+    """RGB at 1/factor size, converted strip by strip so that no second full-size copy is ever made."""
+    width, height = img.size
+    scale_max = None
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        scale_max = float(img.getextrema()[1] or 1.0)
+    rows = max(factor, (_STRIP_BYTES // max(1, width * 4)) // factor * factor)
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))), scale_max)
+        out.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    return out
+
+
+def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short_side: int | None = None,
+               budget: DecodeBudget | None = None) -> Image.Image:
+    """Decode an image (JPEG, PNG, WebP, GIF first frame, BMP, TIFF) to RGB with EXIF orientation applied.
+
+    Limits are checked before any pixel is decoded. With `min_short_side`, large images are decoded at reduced
+    size (JPEG DCT scaling) or box-reduced right after decoding, never below that shorter side; images whose
+    shorter side is under 4x `min_short_side` decode exactly as without it. Decoding holds `budget` memory.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(source) or source)
+    limits = limits or ImageLimits()
+    data = _read_bytes(source, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = img.size
+            if width * height > limits.max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels, over the {limits.max_pixels}-pixel limit")
+            if min(width, height) < 1:
+                raise InvalidImageError(f"image has no pixels ({width}x{height})")
+            img.seek(0)  # first frame of animations
+            if min_short_side and img.format in ("JPEG", "MPO") and min(width, height) >= 4 * min_short_side:
+                scale = min(width, height) / (2 * min_short_side)
+                img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB",
+                          (max(1, int(width / scale)), max(1, int(height / scale))))
+            cost = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode)
+            with (budget or decode_budget()).reserve(cost):
+                img.load()
+                factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
+                factor = factor if factor >= 2 else 1
+                big = img.size[0] * img.size[1] * 4 > 2 * _STRIP_BYTES
+                rgb = _to_rgb_reduced(img, factor) if (factor > 1 or big) else _to_rgb(img)
+                orientation = _orientation(img)
+                del img
+    except (ImageTooLargeError, InvalidImageError, BusyError):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image has too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS})") \
+            from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(f"not a readable image (supported: {', '.join(ALLOWED_FORMATS)})") from exc
+    except MemoryError as exc:
+        raise ImageTooLargeError("image is too large to decode") from exc
+    except Exception as exc:  # Pillow raises many types on malformed files (OSError, SyntaxError, struct.error, ...)
+        logger.debug("undecodable image: %s: %s", type(exc).__name__, exc)
+        raise InvalidImageError("corrupt or truncated image: it could not be decoded") from exc
+    return rgb.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else rgb
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored); a broken EXIF block must not lose an otherwise good photo."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int,
+                       interpolation: str = "bicubic") -> Image.Image:
+    """Resize the shorter side to `resize_size`, then centre-crop a square (torchvision Resize + CenterCrop)."""
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size, int(resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
+    top = int(round((new_h - crop_size) / 2.0))
+    left = int(round((new_w - crop_size) / 2.0))
+    return img.crop((left, top, left + crop_size, top + crop_size))
+
+
+def normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """RGB image to a float32 CHW array, scaled to [0, 1] then normalised."""
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(source: ImageSource, config: ModelConfig, limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode (bounded memory) and transform one image exactly as the model's validation transform: CHW float32."""
+    img = load_image(source, limits, min_short_side=config.resize_size)
+    img = resize_center_crop(img, config.resize_size, config.input_size, config.interpolation)
+    return normalize(img, config.mean, config.std)

@@ -1,0 +1,342 @@
+"""The prediction API as one ASGI application (FastAPI): the same app under uvicorn (`birdclf serve`) and on Azure
+Functions (AsgiFunctionApp). Errors map to statuses in one place and every answer is JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from .. import __version__
+from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MAX_TOP_K
+from ..errors import (
+    BirdclfError,
+    EmptyImageError,
+    ImageTooLargeError,
+    ModelNotFoundError,
+    SettingsError,
+    UnsupportedMediaError,
+)
+from ..settings import Settings, get_settings
+from .imaging import return_freed_memory_to_os
+from .middleware import BodyTooLarge, RequestGuard
+from .model_source import resolve_model_path
+from .predictor import Predictor, available_cpus, check_top_k
+from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse, UrlRequest
+from .urlfetch import check_url, fetch_urls
+
+__all__ = ["ROUTES", "PredictionService", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+ROUTES: dict[str, tuple[str, ...]] = {"predict": ("POST",), "health": ("GET", "HEAD"), "labels": ("GET", "HEAD"),
+                                      "model": ("GET", "HEAD"), "docs": ("GET",), "openapi.json": ("GET",)}
+_RAW_TYPES = ("application/octet-stream", "")
+_MAX_FIELDS = 16  # non-file multipart fields (top_k, captions...)
+_MAX_FIELD_BYTES = 64 * 1024
+_MAX_NAME = 200  # file names and URLs echoed back are cut to this
+_RELOAD_AFTER_S = 30.0  # a model that failed to load is tried again on a request after this
+_ERRORS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large",
+           415: "Unsupported media type", 503: "Unavailable"}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 3] + "..."
+
+
+class PredictionService:
+    """State shared by every request: the settings, the Predictor (loaded once per process) and the limits."""
+
+    def __init__(self, settings: Settings, model: str | os.PathLike | None = None,
+                 beside: str | os.PathLike | None = None, settings_error: SettingsError | None = None) -> None:
+        self.settings = settings
+        self.settings_error = settings_error
+        self._model = model
+        self._beside = beside
+        self._predictor: Predictor | None = None
+        self._load_error: BirdclfError | None = None
+        self._failed_at = 0.0
+        self._lock = threading.Lock()
+        self.model_limiter = anyio.CapacityLimiter(1)  # one model call at a time; it uses every core itself
+        self.max_body = settings.max_bytes * settings.max_images + (1 << 20)
+
+    def load(self) -> None:
+        """Load the model now (start-up); a failure is kept and reported by /api/health, never raised."""
+        if self.settings_error is not None:
+            logger.error("birdclf is misconfigured: %s", self.settings_error)
+            return
+        with self._lock:
+            if self._predictor is not None:
+                return
+            started = time.perf_counter()
+            try:
+                path = resolve_model_path(self._model, self.settings, self._beside)
+                self._predictor = Predictor(path, settings=self.settings)
+                self._load_error = None
+                logger.info("serving %s version %s (%d classes) with %d threads; ready in %.2f s",
+                            self._predictor.config.model_name, self._predictor.config.version,
+                            self._predictor.config.num_classes, self._predictor.threads,
+                            time.perf_counter() - started)
+            except BirdclfError as exc:
+                self._load_error, self._failed_at = exc, time.monotonic()
+                logger.error("the model could not be loaded: %s", exc)
+            except Exception as exc:  # onnxruntime, disk or network trouble: still a clear 503, never a crash
+                self._load_error, self._failed_at = ModelNotFoundError(str(exc)), time.monotonic()
+                logger.exception("the model could not be loaded")
+
+    @property
+    def predictor(self) -> Predictor:
+        """The loaded Predictor, or a 503 error that says so without paths or library text."""
+        if self.settings_error is not None:
+            raise SettingsError(f"the service is misconfigured: {self.settings_error}")
+        if self._predictor is None and (self._load_error is None
+                                        or time.monotonic() - self._failed_at > _RELOAD_AFTER_S):
+            self.load()
+        if self._predictor is None:
+            raise ModelNotFoundError("the model could not be loaded; the server log says why")
+        return self._predictor
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Status and body of /api/health."""
+        if self.settings_error is not None:
+            return 503, {"status": "misconfigured", "error": str(self.settings_error), "birdclf": __version__}
+        try:
+            return 200, {"status": "ok", "model": self.predictor.info(), "birdclf": __version__}
+        except BirdclfError as exc:
+            return 503, {"status": "error", "error": str(exc), "birdclf": __version__}
+
+    # -- reading images from a request ------------------------------------------------------------------
+    async def read_images(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
+        """[(name, bytes or UploadFile)] from a raw, multipart or JSON body, and a top_k given in the body."""
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media.startswith("image/") or media in _RAW_TYPES:
+            data = await _read_body(request, self.settings.max_bytes, "image")
+            if not data:
+                raise EmptyImageError("no image: the request body is empty")
+            return [("image", data)], None
+        if media == "multipart/form-data":
+            return await self._multipart(request)
+        if media == "application/json":
+            return await self._json(request)
+        hint = " (curl --data-binary sends that: add -H 'Content-Type: image/jpeg')" \
+            if media == "application/x-www-form-urlencoded" else ""
+        raise UnsupportedMediaError(f"unsupported Content-Type {_short(media)!r}{hint}; send an image/* body, "
+                                    "multipart/form-data files, or JSON {\"url\": ...}")
+
+    def _too_many(self, count: int | str) -> ImageTooLargeError:
+        return ImageTooLargeError(f"{count} images in one request, over the limit of {self.settings.max_images}")
+
+    async def _multipart(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
+        parser = MultiPartParser(request.headers, request.stream(), max_files=self.settings.max_images,
+                                 max_fields=_MAX_FIELDS, max_part_size=_MAX_FIELD_BYTES)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            if "too many files" in exc.message.lower():
+                raise self._too_many("more than " + str(self.settings.max_images)) from exc
+            raise BirdclfError(f"malformed multipart/form-data body: {exc.message}") from exc
+        files: list[tuple[str, Any]] = []
+        for index, (field, value) in enumerate(form.multi_items()):
+            if isinstance(value, UploadFile) and value.size:
+                name = _short(value.filename or field or f"file{index}")
+                if value.size > self.settings.max_bytes:
+                    raise ImageTooLargeError(f"{name} is {value.size} bytes, over the "
+                                             f"{self.settings.max_bytes}-byte limit")
+                files.append((name, value))
+        if not files:
+            raise EmptyImageError("no image: the multipart form holds no non-empty file "
+                                  "(send photos as file parts, e.g. curl -F file=@bird.jpg)")
+        return files, {"top_k": form["top_k"]} if isinstance(form.get("top_k"), str) else None
+
+    async def _json(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
+        body = await _read_body(request, MAX_JSON_BYTES, "JSON body")
+        try:
+            data = json.loads(body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BirdclfError(f"body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        except RecursionError as exc:
+            raise BirdclfError("body is not valid JSON: nested too deeply") from exc
+        if not isinstance(data, dict) or not ("url" in data or "urls" in data):
+            raise BirdclfError('JSON body must be {"url": "https://..."} or {"urls": [...]}')
+        urls = data.get("urls") if "urls" in data else [data.get("url")]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
+            raise BirdclfError("url must be a non-empty string (urls: a non-empty list of them)")
+        if len(urls) > self.settings.max_images:
+            raise self._too_many(len(urls))
+        for url in urls:
+            check_url(url)
+        fetched = await fetch_urls(urls, self.settings.max_bytes, self.settings.url_timeout,
+                                   self.settings.allow_private_urls)
+        return [(_short(url), body) for url, body in zip(urls, fetched)], data
+
+    # -- predicting ------------------------------------------------------------------------------------
+    async def predict(self, request: Request) -> dict[str, Any]:
+        """The whole /api/predict: read, decode under the memory budget, run the model, answer."""
+        started = time.perf_counter()
+        predictor = self.predictor
+        query_k = request.query_params.get("top_k", "")
+        top_k = check_top_k(query_k) if query_k != "" else DEFAULT_TOP_K
+        images, body = await self.read_images(request)
+        if isinstance(body, dict) and "top_k" in body and query_k == "":
+            top_k = check_top_k(body["top_k"])
+        request.state.images = len(images)
+        arrays = []
+        for name, item in images:
+            data = item if isinstance(item, bytes) else await item.read()
+            try:
+                arrays.append(await anyio.to_thread.run_sync(predictor.preprocess, data))
+            except BirdclfError as exc:
+                raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
+            finally:
+                if not isinstance(item, bytes):
+                    await item.close()
+            del data
+        predictions = await anyio.to_thread.run_sync(predictor.predict_arrays, arrays, top_k,
+                                                     limiter=self.model_limiter)
+        return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
+                "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
+                                                for (name, _), p in zip(images, predictions)],
+                "time_ms": round((time.perf_counter() - started) * 1000.0, 2)}
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (chunked bodies included)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ImageTooLargeError(f"{what} is {length} bytes, over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ImageTooLargeError(f"{what} is over the {limit}-byte limit")
+    return bytes(body)
+
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_PREDICT_OPENAPI = {
+    "parameters": [{"name": "top_k", "in": "query", "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
+                    "description": "how many species to list per image"}],
+    "requestBody": {"required": True, "description": "one image as the raw body, image files as multipart form "
+                    "parts, or JSON with image URLs", "content": {
+                        "image/jpeg": _IMAGE_BODY, "image/png": _IMAGE_BODY, "image/webp": _IMAGE_BODY,
+                        "application/octet-stream": _IMAGE_BODY,
+                        "multipart/form-data": {"schema": {"type": "object", "properties": {
+                            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                        "application/json": {"schema": UrlRequest.model_json_schema()}}},
+}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()}
+
+
+def create_app(settings: Settings | None = None, model: str | os.PathLike | None = None,
+               beside: str | os.PathLike | None = None) -> FastAPI:
+    """The API. Settings default to the environment (a bad value leaves the app up, answering 'misconfigured');
+    `model` overrides BIRDCLF_MODEL; `beside` is a folder whose model.onnx is served when no model is set."""
+    settings_error = None
+    if settings is None:
+        try:
+            settings = get_settings()
+        except SettingsError as exc:
+            settings_error, settings = exc, Settings()
+    service = PredictionService(settings, model, beside, settings_error)
+    return_freed_memory_to_os()  # decoded photos' memory goes back to the OS, not to per-thread malloc arenas
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        await anyio.to_thread.run_sync(service.load)
+        yield
+
+    app = FastAPI(title="birdclf prediction API", version=__version__, lifespan=lifespan, redoc_url=None,
+                  docs_url=f"{API_PREFIX}/docs", openapi_url=f"{API_PREFIX}/openapi.json",
+                  description="Bird species from a photo. POST an image (raw body, multipart files, or JSON "
+                              "with URLs) to /api/predict. Every error is JSON {error, status}.")
+    app.state.service = service
+    app.add_middleware(RequestGuard, max_body=service.max_body, timeout=settings.request_timeout,
+                       max_in_flight=max(4, 4 * available_cpus()), queue_timeout=min(10.0, settings.request_timeout),
+                       cors_origins=settings.cors_origins)
+
+    @app.post(f"{API_PREFIX}/predict", response_model=PredictResponse, responses=_ERROR_RESPONSES,
+              openapi_extra=_PREDICT_OPENAPI, summary="Top-k species for one or more images")
+    async def predict(request: Request) -> JSONResponse:
+        return JSONResponse(await service.predict(request))
+
+    async def health() -> JSONResponse:
+        status, body = service.health()
+        return JSONResponse(body, status_code=status)
+
+    async def labels() -> JSONResponse:
+        predictor = service.predictor
+        return JSONResponse({"model": predictor.info(), "labels": list(predictor.labels)})
+
+    async def model_card() -> JSONResponse:
+        predictor = service.predictor
+        return JSONResponse({"model": predictor.info(), "card": dict(predictor.config.card)})
+
+    for route, endpoint, schema, summary in (
+            ("health", health, HealthResponse, "Is the model loaded (anonymous on Azure, for probes)"),
+            ("labels", labels, LabelsResponse, "The species the model knows"),
+            ("model", model_card, ModelResponse, "Model info and its model card")):
+        responses = {503: {"model": HealthResponse}} if route == "health" else _ERROR_RESPONSES
+        app.add_api_route(f"{API_PREFIX}/{route}", endpoint, methods=["GET"], response_model=schema,
+                          responses=responses, summary=summary)
+        app.add_api_route(f"{API_PREFIX}/{route}", endpoint, methods=["HEAD"], include_in_schema=False)
+
+    def allow(methods: tuple[str, ...]) -> Any:
+        async def options() -> Response:
+            return Response(status_code=204, headers={"Allow": ", ".join((*methods, "OPTIONS"))})
+        return options
+
+    for route, methods in ROUTES.items():
+        app.add_api_route(f"{API_PREFIX}/{route}", allow(methods), methods=["OPTIONS"], include_in_schema=False)
+
+    @app.exception_handler(BirdclfError)
+    async def birdclf_error(_: Request, exc: BirdclfError) -> JSONResponse:
+        if exc.status >= 500:
+            logger.warning("%s: %s", type(exc).__name__, exc)
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return _error(413, f"request body is over the {service.max_body}-byte limit")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error(404, _not_found(request.url.path))
+        if exc.status_code == 405:
+            allowed = ROUTES.get(request.url.path[len(API_PREFIX) + 1:].strip("/"), ())
+            return _error(405, f"{request.url.path} does not accept {request.method}; use {' or '.join(allowed)}",
+                          {"Allow": ", ".join((*allowed, "OPTIONS"))})
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"invalid request: {where} {first.get('msg', '')}".strip())
+
+    return app
+
+
+def _not_found(path: str) -> str:
+    listed = ", ".join(f"{API_PREFIX}/{r}" for r in ROUTES)
+    return f"no route {_short(path)}; routes: {listed}"
+

@@ -1,0 +1,260 @@
+"""`birdclf data ...`, `train`, `compare`, `evaluate`, `export`, `starter`, `quantize` (the train extra)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..cli import print_json
+from ..errors import BirdclfError, DataError
+
+__all__ = ["add_commands"]
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from ..data.download import get_data
+
+    print(get_data(args.source, args.dest, sha256=args.sha256))
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset
+    from ..data.layout import read_dataset
+
+    report = check_dataset(read_dataset(args.data), args.quarantine, args.max_distance)
+    folder = report.write(args.report or Path(args.data).parent / f"{Path(args.data).name}-check")
+    print_json(report.summary() | {"report": str(folder)})
+    return 0
+
+
+def _splits(args: argparse.Namespace) -> Any:
+    from ..data.layout import read_dataset
+    from ..data.split import make_splits
+
+    return make_splits(read_dataset(args.data), args.strategy, args.valid_pct, args.seed)
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from ..data.split import materialize
+
+    print(materialize(_splits(args), args.out, copy=args.copy))
+    return 0
+
+
+def _data_mini(args: argparse.Namespace) -> int:
+    from ..data.split import materialize, mini_subset
+
+    print(materialize(mini_subset(_splits(args), args.per_class, args.seed, args.max_classes), args.out,
+                      copy=args.copy))
+    return 0
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from ..data.split import dataset_stats
+
+    stats = dataset_stats(_splits(args))
+    if not args.per_class:
+        stats.pop("per_class")
+    print_json(stats)
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from .trainer import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    result = train(_train_config(args))
+    print_json({"run_dir": result.run_dir, "metrics": result.metrics, "timings": result.timings})
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..data.layout import read_dataset
+    from ..data.split import make_splits
+    from .runs import open_run
+
+    data = args.data or open_run(args.run).data
+    splits = make_splits(read_dataset(data), "given")
+    if not splits.get(args.split):
+        raise DataError(f"{data} has no {args.split!r} split")
+    out = Path(args.run) / f"evaluation-{args.split}{'-onnx' if args.onnx else ''}"
+    if args.onnx:
+        from .evaluate import evaluate_onnx
+
+        metrics = evaluate_onnx(Path(args.run) / "model.onnx", splits[args.split], out)
+    else:
+        from .evaluate import evaluate_learner
+        from .runs import load_run
+
+        metrics = evaluate_learner(load_run(args.run), splits[args.split], out)
+    metrics.pop("top_losses", None)
+    print_json(metrics | {"saved": str(out)})
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_learner
+    from .runs import load_run
+
+    out = Path(args.out or Path(args.run) / "model.onnx")
+    if out.exists() and not args.force:
+        raise BirdclfError(f"{out} exists; pass --force to replace it")
+    learn = load_run(args.run)
+    report = export_learner(learn, out, model_name=f"birdclf-{learn.birdclf_config.arch}", version=Path(args.run).name)
+    print_json(report.to_dict())
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_architectures
+
+    rows = compare_architectures(_train_config(args), [a.strip() for a in args.archs.split(",") if a.strip()])
+    print(f"{'arch':28s} {'accuracy':>9s} {'top5':>6s} {'seconds':>8s} {'params M':>9s} {'onnx MB':>8s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['arch']:28s} failed: {r['error']}")
+        else:
+            print(f"{r['arch']:28s} {r['accuracy']:9.3f} {r['top5']:6.3f} {r['seconds']:8.1f} {r['params_m']:9.2f} "
+                  f"{r['onnx_mb']!s:>8s}")
+    return 0
+
+
+def _starter(args: argparse.Namespace) -> int:
+    from .starter import build_starter
+
+    path, report = build_starter(args.out, force=args.force)
+    if report is None:
+        print(f"starter model already at {path} (use --force to rebuild)")
+    else:
+        print(f"built {path}: {report.size_bytes / 1e6:.1f} MB, torch vs onnxruntime max abs diff "
+              f"{report.max_abs_diff:.2e}, top-1 agreement {report.top1_agreement:.0%}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..data.layout import list_images
+    from ..serving.predictor import Predictor
+    from .export import quantize_int8
+
+    predictor = Predictor(args.model)
+    files = list_images(args.calibration)[: args.limit]
+    if not files:
+        raise BirdclfError(f"no images under {args.calibration} to calibrate with")
+    arrays = np.stack([predictor.preprocess(f) for f in files])
+    report = quantize_int8(args.model, args.out, arrays)
+    print(f"int8 model {report.path}: {report.size_bytes / 1e6:.1f} MB (fp32 {report.fp32_size_bytes / 1e6:.1f} MB), "
+          f"top-1 agreement with fp32 {report.top1_agreement:.1%} on {report.num_images} images")
+    return 0
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="data folder (Kaggle layout or one folder per class)")
+    p.add_argument("--strategy", choices=["given", "random"], default="given")
+    p.add_argument("--valid-pct", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True)
+    p.add_argument("--arch", help="timm architecture (default: efficientnet_b3a on GPU, tf_efficientnet_lite0 on CPU)")
+    p.add_argument("--epochs", type=int, help="unfrozen epochs (0: head only)")
+    p.add_argument("--freeze-epochs", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default: lr_find's valley)")
+    p.add_argument("--lr-mult", type=float, help="unfrozen body lr = lr / lr_mult (default 100, as fastai)")
+    p.add_argument("--bs", type=int)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--presize", type=int)
+    p.add_argument("--split", choices=["given", "random"])
+    p.add_argument("--valid-pct", type=float)
+    p.add_argument("--mini", type=int, help="N train images per class")
+    p.add_argument("--max-classes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--fast-head", action="store_true", default=None, help="train the head on cached features first")
+    p.add_argument("--head-epochs", type=int)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--train-bn-stats", dest="freeze_bn", action="store_false", default=None,
+                   help="let the body's BatchNorm use batch statistics (default: keep the pretrained ones)")
+    p.add_argument("--min-scale", type=float, help="item random crop: smallest fraction kept (default 0.35)")
+    p.add_argument("--batch-min-scale", type=float, help="batch random crop (default 0.75)")
+    p.add_argument("--patience", type=int)
+    p.add_argument("--lr-find-iters", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--feature-cache")
+    p.add_argument("--out", help="runs folder (default: runs)")
+    p.add_argument("--name", help="run folder name (default: time-arch)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
+    p.add_argument("--distributed", action="store_true", default=None,
+                   help="multi-GPU: run under `accelerate launch -m birdclf train ...`")
+
+
+def add_commands(sub: Any) -> None:
+    """Register the training subcommands (each with its handler) on the main parser."""
+    p = sub.add_parser("starter", help="build the offline starter model (needs the train extra)")
+    p.add_argument("--out", help="where to write it (default: $BIRDCLF_HOME/starter.onnx)")
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.set_defaults(handler=_starter)
+    p = sub.add_parser("quantize", help="INT8 copy of an ONNX model, calibrated on images")
+    p.add_argument("model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--calibration", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--limit", type=int, default=200)
+    p.set_defaults(handler=_quantize)
+
+    data = sub.add_parser("data", help="download, check, split, subset and describe data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("download", help="'kaggle', an archive URL or a local archive -> extracted data root")
+    p.add_argument("source")
+    p.add_argument("--dest", default="data")
+    p.add_argument("--sha256")
+    p.set_defaults(handler=_data_download)
+    p = dsub.add_parser("check", help="invalid files (quarantined), duplicates, leakage between splits")
+    p.add_argument("data")
+    p.add_argument("--quarantine", help="move unreadable files here (default: only report)")
+    p.add_argument("--report", help="folder for the CSV reports")
+    p.add_argument("--max-distance", type=int, default=3, help="near-duplicate dHash distance")
+    p.set_defaults(handler=_data_check)
+    for name, fn, help_text in (("split", _data_split, "write the chosen split as a new folder of links"),
+                                ("mini", _data_mini, "a seeded N-per-class subset as a new folder of links")):
+        p = dsub.add_parser(name, help=help_text)
+        _add_split_args(p)
+        p.add_argument("--out", required=True)
+        p.add_argument("--copy", action="store_true", help="copy files instead of symlinking")
+        if name == "mini":
+            p.add_argument("--per-class", type=int, required=True)
+            p.add_argument("--max-classes", type=int)
+        p.set_defaults(handler=fn)
+    p = dsub.add_parser("stats", help="class counts and image sizes")
+    _add_split_args(p)
+    p.add_argument("--per-class", action="store_true")
+    p.set_defaults(handler=_data_stats)
+
+    p = sub.add_parser("train", help="fine-tune a timm architecture with fastai; writes a run folder")
+    _add_train_args(p)
+    p.set_defaults(handler=_train)
+    p = sub.add_parser("compare", help="train several architectures on the same data; print a table")
+    _add_train_args(p)
+    p.add_argument("--archs", required=True, help="comma-separated timm names")
+    p.set_defaults(handler=_compare)
+    p = sub.add_parser("evaluate", help="test-split metrics, per-class report, confusions, top losses")
+    p.add_argument("run")
+    p.add_argument("--data", help="data folder (default: the run's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--onnx", action="store_true", help="evaluate the exported model.onnx (what serves)")
+    p.set_defaults(handler=_evaluate)
+    p = sub.add_parser("export", help="(re-)export a run's Learner to verified ONNX")
+    p.add_argument("run")
+    p.add_argument("--out")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=_export)

@@ -1,0 +1,210 @@
+"""Export a torch model or fastai Learner to one verified ONNX file, and optionally quantise it to INT8."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPUT_LOGITS
+from ..errors import ExportError
+
+__all__ = ["ExportReport", "QuantizeReport", "export_onnx", "export_learner", "learner_config",
+           "verify_parity", "quantize_int8", "set_metadata", "read_model_config"]
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how closely onnxruntime matches torch."""
+
+    path: str
+    size_bytes: int
+    max_abs_diff: float
+    top1_agreement: float
+    batch_sizes: tuple[int, ...]
+    exporter: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class QuantizeReport:
+    """INT8 model size and how often it agrees with the fp32 model."""
+
+    path: str
+    size_bytes: int
+    fp32_size_bytes: int
+    top1_agreement: float
+    num_images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def set_metadata(path: str | os.PathLike, config: ModelConfig) -> None:
+    """Embed the model config in the ONNX file's metadata (replacing any older copy)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=config.to_json())
+    model.producer_name = "birdclf"
+    onnx.save(model, str(path))
+
+
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """Read the config embedded in an ONNX file's metadata without starting a session."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ExportError(f"{path} has no '{METADATA_KEY}' metadata: not a birdclf model")
+    return ModelConfig.from_json(props[METADATA_KEY])
+
+
+def _session(path: str | os.PathLike) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _torch_export(model: Any, example: Any, path: Path, output_names: list[str]) -> str:
+    """Run torch.onnx.export: the torch.export-based exporter first, the TorchScript one if that fails."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_shapes=({0: batch},), opset_version=ONNX_OPSET, dynamo=True,
+                              external_data=False, verbose=False)
+            return "dynamo"
+        except Exception:
+            axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False)
+            return "torchscript"
+
+
+def verify_parity(model: Any, path: str | os.PathLike, batch: np.ndarray, atol: float = 1e-3) -> tuple[float, float]:
+    """Run torch and onnxruntime on the same batch; raise ExportError unless outputs match and top-1 agree."""
+    import torch
+
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(batch))
+    expected = [e.float().numpy() for e in (expected if isinstance(expected, (tuple, list)) else (expected,))]
+    actual = _session(path).run(None, {INPUT_NAME: batch})
+    max_diff = max(float(np.abs(e.reshape(a.shape) - a).max()) for e, a in zip(expected, actual))
+    agreement = float((expected[0].argmax(-1) == actual[0].argmax(-1)).mean())
+    if not np.isfinite(max_diff) or max_diff > atol or agreement < 1.0:
+        raise ExportError(f"torch vs onnxruntime parity failed on {path}: max abs diff {max_diff:.2e} "
+                          f"(limit {atol:.0e}), top-1 agreement {agreement:.1%}")
+    return max_diff, agreement
+
+
+def export_onnx(model: Any, path: str | os.PathLike, config: ModelConfig, sample: np.ndarray | None = None,
+                atol: float = 1e-3, seed: int = 0) -> ExportReport:
+    """Export in eval mode with named input/outputs and dynamic batch; check, embed config, verify parity."""
+    import onnx
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    size = config.input_size
+    if sample is None:
+        sample = np.random.default_rng(seed).standard_normal((4, 3, size, size)).astype(np.float32)
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(sample[:2]))
+    n_out = len(out) if isinstance(out, (tuple, list)) else 1
+    names = [OUTPUT_LOGITS, OUTPUT_BIRD][:n_out]
+    if n_out > 2 or (out[0] if n_out > 1 else out).shape[-1] != config.num_classes:
+        raise ExportError(f"model outputs do not fit the config's {config.num_classes} labels")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        tmp_path = Path(tmp) / path.name
+        exporter = _torch_export(model, torch.from_numpy(sample[:2]).clone(), tmp_path, names)
+        merged = onnx.load(str(tmp_path))  # pulls any external data back into one self-contained file
+        onnx.save(merged, str(tmp_path), save_as_external_data=False)
+        try:
+            onnx.checker.check_model(str(tmp_path), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"onnx.checker rejected the export: {exc}") from exc
+        set_metadata(tmp_path, config)
+        batches = (1, len(sample))
+        diffs = [verify_parity(model, tmp_path, sample[:b], atol) for b in batches]
+        os.replace(tmp_path, path)
+    return ExportReport(str(path), path.stat().st_size, max(d for d, _ in diffs), min(a for _, a in diffs),
+                        batches, exporter)
+
+
+def learner_config(learn: Any, model_name: str, version: str = "1") -> ModelConfig:
+    """The ModelConfig a birdclf-trained Learner carries (set by `birdclf.training`), with its vocab."""
+    base = getattr(learn, "birdclf_config", None)
+    if base is None:
+        raise ExportError("this Learner has no birdclf_config: build it with birdclf.training.make_learner")
+    data = base.to_dict() | {"labels": list(learn.dls.vocab), "model_name": model_name, "version": version}
+    return ModelConfig.from_dict(data)
+
+
+def export_learner(learn: Any, path: str | os.PathLike, model_name: str = "birdclf", version: str = "1",
+                   sample: np.ndarray | None = None) -> ExportReport:
+    """Export a fastai Learner's model with its labels and validation transform in the metadata."""
+    config = learner_config(learn, model_name, version)
+    if sample is None and len(getattr(learn.dls.valid, "dataset", ()) or ()):
+        sample = learn.dls.valid.one_batch()[0][:8].detach().cpu().float().numpy()  # real images when attached
+    return export_onnx(learn.model, path, config, sample=sample)  # else a seeded random batch (reloaded runs)
+
+
+class _Reader:
+    """Feeds calibration batches to onnxruntime's static quantiser."""
+
+    def __init__(self, arrays: np.ndarray, batch: int = 8) -> None:
+        self._batches = iter([{INPUT_NAME: arrays[i:i + batch]} for i in range(0, len(arrays), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
+                  evaluation: np.ndarray | None = None) -> QuantizeReport:
+    """Static INT8 (QDQ, per-channel) with onnxruntime, calibrated on real preprocessed images."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ExportError("quantize_int8 would overwrite its fp32 input: choose another output path")
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise ExportError("calibration must be a non-empty NCHW batch of preprocessed images")
+    config = read_model_config(src)
+    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        out = Path(tmp) / dst.name
+        quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        set_metadata(out, ModelConfig.from_dict(config.to_dict() | {"version": config.version + "-int8"}))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(out), dst)
+    evaluation = calibration if evaluation is None else np.ascontiguousarray(evaluation, dtype=np.float32)
+    fp32 = _session(src).run([OUTPUT_LOGITS], {INPUT_NAME: evaluation})[0].argmax(-1)
+    int8 = _session(dst).run([OUTPUT_LOGITS], {INPUT_NAME: evaluation})[0].argmax(-1)
+    return QuantizeReport(str(dst), dst.stat().st_size, src.stat().st_size, float((fp32 == int8).mean()),
+                          len(evaluation))

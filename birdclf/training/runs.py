@@ -1,0 +1,164 @@
+"""Run folders: everything one training run produced, reloadable for evaluation, export and serving.
+
+Runs saved by birdclf 0.1, when the package was flat (`birdclf.loaders`, `birdclf.training.top5_accuracy`, ...),
+still load: `load_run` maps the class paths pickled in their export.pkl onto today's modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BirdclfError
+
+__all__ = ["Run", "open_run", "load_run", "run_info", "list_runs", "attach_data", "run_history", "MOVED"]
+
+# (module, name) pickled by birdclf 0.1 -> module that holds that name today.
+MOVED: dict[tuple[str, str], str] = {
+    ("birdclf.loaders", "BirdImage"): "birdclf.training.loaders",
+    ("birdclf.loaders", "EvalResizeCrop"): "birdclf.training.loaders",
+    ("birdclf.loaders", "LabelLookup"): "birdclf.training.loaders",
+    ("birdclf.callbacks", "FreezeBodyBatchNorm"): "birdclf.training.callbacks",
+    ("birdclf.training", "top5_accuracy"): "birdclf.training.learner",
+    ("birdclf.imaging", "load_image"): "birdclf.serving.imaging",
+    ("birdclf.imaging", "resize_center_crop"): "birdclf.serving.imaging",
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    """pickle.Unpickler that finds classes and functions at their new place after the package was reorganised."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED.get((module, name), module), name)
+
+
+_pickle_module = types.ModuleType("birdclf_pickle")
+_pickle_module.__dict__.update({k: getattr(pickle, k) for k in ("load", "loads", "dump", "dumps", "Pickler",
+                                                                 "UnpicklingError", "HIGHEST_PROTOCOL")})
+_pickle_module.Unpickler = _Unpickler  # type: ignore[attr-defined]
+
+
+def _check(run_dir: str | os.PathLike) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "export.pkl").is_file():
+        raise BirdclfError(f"{run_dir} is not a run folder (no export.pkl)")
+    return run_dir
+
+
+def load_run(run_dir: str | os.PathLike, cpu: bool = True) -> Any:
+    """The exported fastai Learner of a run, from this version or 0.1 (pickle: only load runs you made)."""
+    import warnings
+
+    from fastai.learner import load_learner
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*load_learner.*insecure pickle.*")
+        return load_learner(_check(run_dir) / "export.pkl", cpu=cpu, pickle_module=_pickle_module)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class Run:
+    """One run folder: its training record (config.json), metrics and files, without digging in nested dicts."""
+
+    path: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The TrainConfig the run used."""
+        return dict(self.record.get("config", {}))
+
+    @property
+    def arch(self) -> str:
+        """The timm architecture."""
+        return str(self.config.get("arch", ""))
+
+    @property
+    def data(self) -> str:
+        """The data folder the run was trained on."""
+        return str(self.config.get("data", ""))
+
+    @property
+    def name(self) -> str:
+        """The run folder's name (also the exported model's version)."""
+        return self.path.name
+
+    @property
+    def onnx_path(self) -> Path | None:
+        """The run's verified model.onnx, if exported."""
+        path = self.path / "model.onnx"
+        return path if path.is_file() else None
+
+    @property
+    def labels(self) -> list[str]:
+        """The classes, in the model's output order."""
+        path = self.path / "labels.txt"
+        return path.read_text().splitlines() if path.is_file() else []
+
+    def learner(self, cpu: bool = True) -> Any:
+        """The exported fastai Learner."""
+        return load_run(self.path, cpu=cpu)
+
+    def history(self) -> Any:
+        """The training log as a DataFrame (see `run_history`)."""
+        return run_history(self.path)
+
+    def __repr__(self) -> str:
+        test = self.metrics.get("test", {})
+        score = f", test accuracy {test['accuracy']:.3f}" if "accuracy" in test else ""
+        return f"Run({str(self.path)!r}, arch={self.arch!r}{score})"
+
+
+def open_run(run_dir: str | os.PathLike) -> Run:
+    """The Run in `run_dir`."""
+    run_dir = _check(run_dir)
+    return Run(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json"))
+
+
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """config.json and metrics.json of a run, as a dict."""
+    run = open_run(run_dir)
+    return {"run_dir": str(run.path), "config": run.record, "metrics": run.metrics,
+            "model_onnx": str(run.onnx_path) if run.onnx_path else None}
+
+
+def list_runs(root: str | os.PathLike = "runs") -> list[Path]:
+    """Run folders under `root`, oldest first."""
+    root = Path(root)
+    return sorted((p for p in root.iterdir() if (p / "export.pkl").is_file()), key=lambda p: p.stat().st_mtime) \
+        if root.is_dir() else []
+
+
+def attach_data(learn: Any, splits: dict, bs: int = 32, num_workers: int | None = None) -> Any:
+    """Give a reloaded Learner DataLoaders again (the cleaner and fastai's interpretation need them)."""
+    from .loaders import make_dataloaders
+
+    dls = make_dataloaders(splits, learn.birdclf_config, bs=bs, num_workers=num_workers)
+    if list(dls.vocab) != list(learn.dls.vocab):
+        raise BirdclfError("these data have other classes than the run was trained on")
+    learn.dls = dls.to(learn.dls.device) if hasattr(learn.dls, "device") and learn.dls.device else dls
+    return learn
+
+
+def run_history(run_dir: str | os.PathLike) -> Any:
+    """The run's training log as a DataFrame: fastai's per-epoch history, or the cached-feature head's summary
+    when only the head was trained (no fastai epochs, so no history.csv)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if (run_dir / "history.csv").is_file():
+        return pd.read_csv(run_dir / "history.csv")
+    record = _read_json(run_dir / "config.json")
+    if "fast_head" in record:
+        return pd.DataFrame([{"stage": "head on cached features", **record["fast_head"]}])
+    raise BirdclfError(f"{run_dir} has no training history")

@@ -1,0 +1,311 @@
+"""The prediction API in-process (FastAPI TestClient): every input form, every error status, JSON everywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from birdclf.serving.predictor import Predictor
+from birdclf.serving.service import create_app
+from birdclf.settings import Settings
+from tests.conftest import make_image
+
+
+def small_settings(home, **changes) -> Settings:
+    return Settings(home=home, threads=1, max_bytes=2_000_000, max_pixels=4_000_000, max_images=4,
+                    url_timeout=5.0).with_(**changes)
+
+
+@pytest.fixture(scope="module")
+def client(birdclf_home):
+    with TestClient(create_app(small_settings(birdclf_home, allow_private_urls=True))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(starter_onnx):
+    return Predictor(starter_onnx, threads=1)
+
+
+def multipart(files: list[tuple[str, bytes]]) -> list:
+    return [("file", (name, data, "image/jpeg")) for name, data in files]
+
+
+def test_raw_body(client, reference):
+    image = make_image(120, 90)
+    r = client.post("/api/predict?top_k=3", content=image, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    (result,) = body["predictions"]
+    expected = reference.predict(image, top_k=3)
+    assert result["top_k"] == expected.top_k and result["verdict"] == expected.verdict
+    assert body["top_k"] == 3 and body["model"]["name"].startswith("starter") and body["time_ms"] > 0
+    assert isinstance(result["is_bird"], bool) and 0 <= result["bird_probability"] <= 1
+    assert result["verdict"] in ("species", "unsure", "not_a_bird")
+
+
+def test_multipart_several_files_and_top_k_field(client, reference):
+    images = [make_image(seed=s) for s in range(3)]
+    r = client.post("/api/predict", files=multipart([(f"bird{i}.png", im) for i, im in enumerate(images)]),
+                    data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [p["filename"] for p in body["predictions"]] == ["bird0.png", "bird1.png", "bird2.png"]
+    for image, result in zip(images, body["predictions"]):
+        assert result["top_k"] == reference.predict(image, top_k=2).top_k
+
+
+def test_health_labels_model(client, reference):
+    r = client.get("/api/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model"]["num_classes"] == 59
+    r = client.get("/api/labels")
+    assert r.status_code == 200 and r.json()["labels"] == list(reference.labels)
+    r = client.get("/api/model")
+    assert r.status_code == 200 and r.json()["model"]["model_name"] == reference.config.model_name
+    assert client.head("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("data,content_type,status,words", [
+    (b"", "image/jpeg", 400, "empty"),
+    (b"this is text", "image/jpeg", 400, "not a readable image"),
+    (b"hello", "text/plain", 415, "unsupported Content-Type"),
+    (b"a=b", "application/x-www-form-urlencoded", 415, "Content-Type: image/jpeg"),
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b'{"image": "x"}', "application/json", 400, "url"),
+    (b'{"urls": []}', "application/json", 400, "non-empty"),
+    (b'{"url": 5}', "application/json", 400, "non-empty string"),
+    (b'{"url": "file:///etc/passwd"}', "application/json", 400, "only http and https"),
+    (b'{"url": "http:///nohost"}', "application/json", 400, "no host"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb\r\n--x--\r\n", "multipart/form-data; boundary=x",
+     400, "no non-empty file"),
+    (b"garbage", "multipart/form-data", 400, "multipart"),
+])
+def test_bad_requests_get_json_errors(client, data, content_type, status, words):
+    r = client.post("/api/predict", content=data, headers={"Content-Type": content_type})
+    assert r.status_code == status and words in r.json()["error"] and r.json()["status"] == status
+
+
+def test_truncated_jpeg_is_400_without_library_text(client):
+    data = make_image(300, 300, quality=95)
+    r = client.post("/api/predict", content=data[: len(data) // 3], headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and "truncated" in r.json()["error"]
+    assert "bytes not processed" not in r.json()["error"] and "Traceback" not in r.text
+
+
+def test_decompression_bomb_is_413(client):
+    buf = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(buf, "PNG")  # 25 Mpx in a few KB; the app allows 4 Mpx
+    r = client.post("/api/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "pixel" in r.json()["error"]
+
+
+def test_too_many_bytes_is_413(client):
+    data = make_image(64, 64, fmt="PNG") + b"\0" * 2_100_000
+    r = client.post("/api/predict", content=data, headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "byte" in r.json()["error"]
+    r = client.post("/api/predict", files=multipart([("huge.png", data)]))
+    assert r.status_code == 413 and "huge.png" in r.json()["error"]
+
+
+def test_too_many_files_or_urls_is_413(client):
+    r = client.post("/api/predict", files=multipart([(f"{i}.jpg", make_image(seed=i)) for i in range(5)]))
+    assert r.status_code == 413 and "limit of 4" in r.json()["error"]
+    r = client.post("/api/predict", json={"urls": [f"https://example.org/{i}.jpg" for i in range(5)]})
+    assert r.status_code == 413 and "limit of 4" in r.json()["error"]
+
+
+def test_bad_file_in_multipart_is_named(client):
+    r = client.post("/api/predict", files=multipart([("good.jpg", make_image()), ("broken.jpg", b"nope")]))
+    assert r.status_code == 400 and "broken.jpg" in r.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=51", "top_k=abc", "top_k=2.5", "top_k=" + "9" * 5000])
+def test_bad_top_k(client, query):
+    r = client.post(f"/api/predict?{query}", content=make_image(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+
+
+def test_deeply_nested_or_huge_json_is_refused(client):
+    r = client.post("/api/predict", content=b"[" * 200_000 + b"]" * 200_000,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "JSON body" in r.json()["error"]
+    r = client.post("/api/predict", content=b"[" * 50_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
+def test_methods_routes_options(client):
+    r = client.get("/api/predict")
+    assert r.status_code == 405 and "POST" in r.json()["error"] and "POST" in r.headers["allow"]
+    assert client.post("/api/health", content=b"x").status_code == 405
+    r = client.get("/api/nowhere")
+    assert r.status_code == 404 and "/api/predict" in r.json()["error"]
+    assert client.get("/").status_code == 404 and client.get("/").json()["status"] == 404
+    r = client.options("/api/predict")
+    assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
+
+
+def test_openapi_and_docs(client):
+    schema = client.get("/api/openapi.json").json()
+    assert {"/api/predict", "/api/health", "/api/labels", "/api/model"} <= set(schema["paths"])
+    body = schema["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"image/jpeg", "multipart/form-data", "application/json"} <= set(body)
+    assert "verdict" in json.dumps(schema["components"]["schemas"]["PredictionOut"])
+    r = client.get("/api/docs")
+    assert r.status_code == 200 and "swagger" in r.text.lower() and "/api/openapi.json" in r.text
+
+
+def test_cors(birdclf_home):
+    with TestClient(create_app(small_settings(birdclf_home, cors_origins=("https://birds.example",)))) as c:
+        r = c.options("/api/predict", headers={"Origin": "https://birds.example"})
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "https://birds.example"
+        assert "x-functions-key" in r.headers["access-control-allow-headers"]
+        r = c.get("/api/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_misconfigured_app_starts_and_says_why(monkeypatch, birdclf_home):
+    monkeypatch.setenv("BIRDCLF_HOME", str(birdclf_home))
+    monkeypatch.setenv("BIRDCLF_MAX_BYTES", "twenty megabytes")
+    with TestClient(create_app()) as c:
+        r = c.get("/api/health")
+        assert r.status_code == 503 and r.json()["status"] == "misconfigured"
+        assert "BIRDCLF_MAX_BYTES" in r.json()["error"]
+        r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 503 and "BIRDCLF_MAX_BYTES" in r.json()["error"]
+
+
+def test_broken_model_is_503_without_paths(tmp_path, caplog):
+    broken = tmp_path / "secret-folder" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a model at all")
+    with caplog.at_level(logging.INFO), TestClient(create_app(Settings(home=tmp_path, model=str(broken)))) as c:
+        r = c.get("/api/health")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "could not be loaded" in r.json()["error"]
+        r2 = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
+        assert r2.status_code == 503
+        for text in (r.text, r2.text):
+            assert "secret-folder" not in text and str(tmp_path) not in text and "onnxruntime" not in text
+    assert "secret-folder" in caplog.text  # the details went to the log
+
+
+def test_unexpected_error_is_json_500_and_logged(birdclf_home, caplog, monkeypatch):
+    app = create_app(small_settings(birdclf_home))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        predictor = app.state.service.predictor
+        monkeypatch.setattr(predictor, "predict_arrays", lambda *a, **k: 1 / 0)
+        with caplog.at_level(logging.INFO):
+            r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 500 and r.json() == {"error": "internal error; it has been logged", "status": 500}
+    assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
+    assert any("POST /api/predict 500" in m for m in caplog.messages)
+
+
+def test_one_log_line_per_request(client, caplog):
+    with caplog.at_level(logging.INFO, logger="birdclf"):
+        client.post("/api/predict", files=multipart([("a.jpg", make_image()), ("b.jpg", make_image(seed=1))]))
+    lines = [m for m in caplog.messages if m.startswith("POST /api/predict")]
+    assert len(lines) == 1 and " 200 images=2 " in lines[0] and lines[0].endswith("ms")
+
+
+class _ImageHost(BaseHTTPRequestHandler):
+    image = make_image(80, 60, seed=42)
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status: int, body: bytes = b"", **headers: str) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client stopped reading at its size limit
+            pass
+
+    def do_GET(self):
+        if self.path == "/redirect":
+            self._send(302, Location="/bird.jpg")
+        elif self.path == "/loop":
+            self._send(302, Location="/loop")
+        elif self.path.startswith("/bird.jpg"):
+            self._send(200, self.image, Content_Type="image/jpeg")
+        elif self.path.startswith("/delayed"):  # 1 s, then the image: concurrency shows in the total time
+            time.sleep(1.0)
+            self._send(200, self.image)
+        elif self.path == "/drip":  # a byte every 0.2 s: never idle long enough for a per-read timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+        elif self.path == "/big":
+            self._send(200, b"x" * 2_500_000)
+        else:
+            self._send(404)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_json_urls(client, image_host, reference):
+    expected = reference.predict(_ImageHost.image).top_k
+    for path in ("/bird.jpg", "/redirect"):
+        r = client.post("/api/predict", json={"url": image_host + path})
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"][0]["top_k"] == expected
+        assert r.json()["predictions"][0]["filename"] == image_host + path
+    r = client.post("/api/predict", json={"url": image_host + "/bird.jpg", "top_k": 2})
+    assert len(r.json()["predictions"][0]["top_k"]) == 2
+    r = client.post("/api/predict", json={"url": image_host + "/missing"})
+    assert r.status_code == 400 and "HTTP 404" in r.json()["error"]
+    r = client.post("/api/predict", json={"url": image_host + "/loop"})
+    assert r.status_code == 400 and "redirected more than" in r.json()["error"]
+    r = client.post("/api/predict", json={"url": image_host + "/big"})
+    assert r.status_code == 413
+
+
+def test_several_urls_are_fetched_concurrently(client, image_host):
+    urls = [f"{image_host}/delayed?{i}" for i in range(4)]
+    started = time.monotonic()
+    r = client.post("/api/predict", json={"urls": urls})
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200 and [p["filename"] for p in r.json()["predictions"]] == urls
+    assert elapsed < 3.0, f"4 URLs of 1 s each took {elapsed:.1f} s: fetched one after another?"
+
+
+def test_url_deadline_is_total_not_per_read(birdclf_home, image_host):
+    app = create_app(small_settings(birdclf_home, allow_private_urls=True, url_timeout=1.0))
+    with TestClient(app) as c:
+        started = time.monotonic()
+        r = c.post("/api/predict", json={"urls": [image_host + "/bird.jpg", image_host + "/drip"]})
+        elapsed = time.monotonic() - started
+    assert r.status_code == 400 and "longer than 1 s" in r.json()["error"] and "/drip" in r.json()["error"]
+    assert elapsed < 2.5, f"a 1 s deadline held the request {elapsed:.1f} s"
+
+
+def test_private_urls_refused_by_default(birdclf_home, image_host):
+    with TestClient(create_app(small_settings(birdclf_home))) as c:
+        for url in (image_host + "/bird.jpg", "http://169.254.169.254/latest/meta-data", "http://[::1]/x"):
+            r = c.post("/api/predict", json={"url": url})
+            assert r.status_code == 400 and "refused" in r.json()["error"], url
