@@ -1,14 +1,18 @@
 """Run folders: everything one training run produced, reloadable for evaluation, export and serving.
 
 Runs saved by birdclf 0.1, when the package was flat (`birdclf.loaders`, `birdclf.training.top5_accuracy`, ...),
-still load: `load_run` maps the class paths pickled in their export.pkl onto today's modules.
+still load: `load_run` maps the class paths pickled in their export.pkl onto today's modules, and registers the old
+module names as aliases of the new modules (fastai's transforms keep type hints as strings such as
+"birdclf.loaders.BirdImage" and resolve them later).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
+import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,25 +20,34 @@ from typing import Any
 
 from ..errors import BirdclfError
 
-__all__ = ["Run", "open_run", "load_run", "run_info", "list_runs", "attach_data", "run_history", "MOVED"]
+__all__ = ["Run", "open_run", "load_run", "run_info", "list_runs", "attach_data", "run_history", "MOVED",
+           "OLD_MODULES"]
 
-# (module, name) pickled by birdclf 0.1 -> module that holds that name today.
-MOVED: dict[tuple[str, str], str] = {
-    ("birdclf.loaders", "BirdImage"): "birdclf.training.loaders",
-    ("birdclf.loaders", "EvalResizeCrop"): "birdclf.training.loaders",
-    ("birdclf.loaders", "LabelLookup"): "birdclf.training.loaders",
-    ("birdclf.callbacks", "FreezeBodyBatchNorm"): "birdclf.training.callbacks",
-    ("birdclf.training", "top5_accuracy"): "birdclf.training.learner",
-    ("birdclf.imaging", "load_image"): "birdclf.serving.imaging",
-    ("birdclf.imaging", "resize_center_crop"): "birdclf.serving.imaging",
+# birdclf 0.1 module -> the module that holds its contents today.
+OLD_MODULES: dict[str, str] = {
+    "birdclf.loaders": "birdclf.training.loaders",
+    "birdclf.callbacks": "birdclf.training.callbacks",
+    "birdclf.features": "birdclf.training.features",
+    "birdclf.imaging": "birdclf.serving.imaging",
+    "birdclf.inference": "birdclf.serving.predictor",
 }
+# Names of 0.1 modules that still exist as packages today -> where the name lives now.
+MOVED: dict[tuple[str, str], str] = {("birdclf.training", "top5_accuracy"): "birdclf.training.learner"}
 
 
 class _Unpickler(pickle.Unpickler):
     """pickle.Unpickler that finds classes and functions at their new place after the package was reorganised."""
 
     def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(MOVED.get((module, name), module), name)
+        module = MOVED.get((module, name)) or OLD_MODULES.get(module, module)
+        return super().find_class(module, name)
+
+
+def _alias_old_modules() -> None:
+    """Make the 0.1 module names importable as aliases (for type hints fastai stored as strings)."""
+    for old, new in OLD_MODULES.items():
+        if old not in sys.modules:
+            sys.modules[old] = importlib.import_module(new)
 
 
 _pickle_module = types.ModuleType("birdclf_pickle")
@@ -56,6 +69,7 @@ def load_run(run_dir: str | os.PathLike, cpu: bool = True) -> Any:
 
     from fastai.learner import load_learner
 
+    _alias_old_modules()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*load_learner.*insecure pickle.*")
         return load_learner(_check(run_dir) / "export.pkl", cpu=cpu, pickle_module=_pickle_module)
