@@ -50,7 +50,7 @@ def test_old_run_loads_predicts_and_exports(tmp_path):
     for (old_module, name), new_module in MOVED.items():  # every remapped name exists where the map says
         __import__(new_module)
         assert hasattr(sys.modules[new_module], name), (old_module, name)
-    for old, new in OLD_MODULES.items():  # and no old flat module came back as a file
+    for old in OLD_MODULES:  # and no old flat module came back as a file
         assert not (ROOT / (old.replace(".", "/") + ".py")).exists(), old
 
 
