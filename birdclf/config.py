@@ -80,6 +80,9 @@ class ModelConfig:
         """Build from a timm `pretrained_cfg` (input size, crop_pct, interpolation, mean, std)."""
         size = int(overrides.pop("input_size", pretrained_cfg.get("input_size", (3, 224, 224))[-1]))
         crop_pct = float(pretrained_cfg.get("crop_pct", 0.875))
+        crop_mode = pretrained_cfg.get("crop_mode") or "center"
+        if crop_mode != "center":  # serving implements timm's centre crop only: refuse rather than serve it wrong
+            raise ModelFormatError(f"timm crop_mode {crop_mode!r} is not supported (only 'center')")
         return cls(
             model_name=model_name,
             labels=tuple(labels),

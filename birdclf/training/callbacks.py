@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
 from torch import nn
 
-__all__ = ["FreezeBodyBatchNorm"]
+__all__ = ["FreezeBodyBatchNorm", "DeviceMixedPrecision"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -25,3 +27,24 @@ class FreezeBodyBatchNorm(Callback):
         for module in self.learn.model[0].modules():
             if isinstance(module, _BN):
                 module.eval()
+
+
+class DeviceMixedPrecision(MixedPrecision):
+    """fastai's MixedPrecision on whatever device the data are on: fp16 with a grad scaler on a GPU, as fastai;
+    on CPU, bf16 autocast (fastai's own callback hard-codes CUDA autocast, a no-op on CPU). The same callback
+    code path, so a CPU run rehearses the GPU recipe."""
+
+    def __init__(self, precision: str = "fp16") -> None:
+        super().__init__(amp_mode="bf16" if precision == "bf16" else "fp16")
+        self.precision = precision
+
+    def before_fit(self) -> None:
+        device = getattr(self.dls, "device", None) or torch.device("cpu")
+        if device.type == "cuda":
+            super().before_fit()
+            return
+        if self.precision != "bf16":
+            raise ValueError("mixed precision on CPU needs precision='bf16' (fp16 autocast is GPU-only)")
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.learn.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.scales = []

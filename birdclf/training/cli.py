@@ -195,6 +195,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run folder name (default: time-arch)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
     p.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="default: fp16 mixed precision on a GPU, fp32 on CPU (bf16 runs on CPU too)")
     p.add_argument("--distributed", action="store_true", default=None,
                    help="multi-GPU: run under `accelerate launch -m birdclf train ...`")
 

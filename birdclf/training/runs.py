@@ -170,8 +170,12 @@ def run_history(run_dir: str | os.PathLike) -> Any:
     import pandas as pd
 
     run_dir = Path(run_dir)
-    if (run_dir / "history.csv").is_file():
-        return pd.read_csv(run_dir / "history.csv")
+    if (run_dir / "history.csv").is_file():  # fastai's CSVLogger repeats its header line at every fit
+        history = pd.read_csv(run_dir / "history.csv")
+        history = history[history["epoch"].astype(str) != "epoch"].reset_index(drop=True)
+        for column in history.columns.drop("time", errors="ignore"):
+            history[column] = pd.to_numeric(history[column])
+        return history
     record = _read_json(run_dir / "config.json")
     if "fast_head" in record:
         return pd.DataFrame([{"stage": "head on cached features", **record["fast_head"]}])

@@ -12,7 +12,9 @@ from typing import Any
 from ..errors import BirdclfError
 from .learner import arch_config, default_arch, make_learner
 
-__all__ = ["TrainConfig", "TrainResult", "prepare_data", "run_lr_find", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "run_lr_find", "train", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 FALLBACK_LR = 1e-3
@@ -52,6 +54,11 @@ class TrainConfig:
     evaluate: bool = True
     distributed: bool = False  # set by `accelerate launch`; wraps fitting in learn.distrib_ctx()
     feature_cache: str | None = None
+    precision: str | None = None  # None: fp16 mixed precision on a GPU, fp32 on CPU; "bf16" also works on CPU
+
+    def __post_init__(self) -> None:
+        if self.precision not in (None, *PRECISIONS):
+            raise BirdclfError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -120,91 +127,133 @@ def _environment() -> dict[str, str]:
             "timm": timm.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """One reproducible run: data, learner, (fast head), lr_find, fine_tune, export.pkl, model.onnx, evaluation."""
-    import torch
-    from fastai.callback.progress import CSVLogger
-    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
-    from fastai.torch_core import set_seed
+class TrainingRun:
+    """One run, step by step: the notebooks call the steps and fastai's own Learner methods between them;
+    `train` runs them all. Everything lands in `run_dir`."""
 
-    from .loaders import make_dataloaders
+    def __init__(self, cfg: TrainConfig) -> None:
+        """Seed, data, DataLoaders, the Learner (ImageNet weights, frozen body), the run folder and config.json."""
+        import torch
+        from fastai.torch_core import set_seed
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    set_seed(cfg.seed, reproducible=True)
-    arch = cfg.arch or default_arch()
-    splits = prepare_data(cfg)
-    labels = sorted({label for _, label in splits["train"]})
-    config = arch_config(arch, labels, cfg.input_size)
-    dls = make_dataloaders(splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
-                           seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale)
-    run_dir = _run_dir(cfg, arch)
-    learn = make_learner(dls, arch, config, pretrained=cfg.pretrained, path=run_dir,
-                         label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
-    if torch.cuda.is_available():
-        learn.to_fp16()
-    timings["setup_s"] = time.perf_counter() - start
-    record: dict[str, Any] = {"config": asdict(cfg) | {"arch": arch}, "weights": learn.weights_source,
-                              "environment": _environment(), "classes": len(dls.vocab),
-                              "images": {k: len(v) for k, v in splits.items()}}
-    _write_json(run_dir / "config.json", record)
-    (run_dir / "labels.txt").write_text("\n".join(dls.vocab) + "\n")
+        from .loaders import make_dataloaders
 
-    cbs = [CSVLogger(fname="history.csv", append=True)]
-    if cfg.fast_head:
+        self.cfg = cfg
+        self.timings: dict[str, float] = {}
+        self._started = time.perf_counter()
+        set_seed(cfg.seed, reproducible=True)
+        self.arch = cfg.arch or default_arch()
+        self.splits = prepare_data(cfg)
+        labels = sorted({label for _, label in self.splits["train"]})
+        config = arch_config(self.arch, labels, cfg.input_size)
+        self.dls = make_dataloaders(self.splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
+                                    seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale)
+        self.run_dir = _run_dir(cfg, self.arch)
+        self.learn = make_learner(self.dls, self.arch, config, pretrained=cfg.pretrained, path=self.run_dir,
+                                  label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
+        self.precision = cfg.precision or ("fp16" if torch.cuda.is_available() else "fp32")
+        if self.precision != "fp32":
+            from .callbacks import DeviceMixedPrecision
+
+            self.learn.add_cb(DeviceMixedPrecision(self.precision))
+        self.timings["setup_s"] = time.perf_counter() - self._started
+        self.record: dict[str, Any] = {
+            "config": asdict(cfg) | {"arch": self.arch}, "weights": self.learn.weights_source,
+            "precision": self.precision, "environment": _environment(), "classes": len(self.dls.vocab),
+            "images": {k: len(v) for k, v in self.splits.items()}}
+        _write_json(self.run_dir / "config.json", self.record)
+        (self.run_dir / "labels.txt").write_text("\n".join(self.dls.vocab) + "\n")
+
+    def __repr__(self) -> str:
+        return f"TrainingRun({str(self.run_dir)!r}, arch={self.arch!r}, {len(self.dls.vocab)} classes)"
+
+    def fit_head_on_features(self) -> dict[str, Any]:
+        """The frozen phase on CPU: train the head on cached body features (seconds instead of an epoch)."""
         from .features import fit_head_on_features
 
         t = time.perf_counter()
-        record["fast_head"] = fit_head_on_features(learn, cfg.head_epochs, cache_dir=cfg.feature_cache,
-                                                   seed=cfg.seed, label_smoothing=cfg.label_smoothing)
-        timings["fast_head_s"] = time.perf_counter() - t
-    lr = cfg.lr
-    if cfg.epochs > 0 or (cfg.freeze_epochs > 0 and not cfg.fast_head):
-        if lr is None:
-            t = time.perf_counter()
-            record["lr_find"] = run_lr_find(learn, cfg.lr_find_iters, run_dir / "lr_find.png")
-            lr = record["lr_find"]["valley"]
-            timings["lr_find_s"] = time.perf_counter() - t
-        record["lr"] = lr
-        fit_cbs = cbs + [SaveModelCallback(monitor="accuracy", fname="best", with_opt=False)]
-        if cfg.patience:
-            fit_cbs.append(EarlyStoppingCallback(monitor="accuracy", patience=cfg.patience))
+        self.record["fast_head"] = fit_head_on_features(self.learn, self.cfg.head_epochs,
+                                                        cache_dir=self.cfg.feature_cache, seed=self.cfg.seed,
+                                                        label_smoothing=self.cfg.label_smoothing)
+        self.timings["fast_head_s"] = time.perf_counter() - t
+        return self.record["fast_head"]
+
+    def find_lr(self) -> float:
+        """fastai's lr_find (plot saved as lr_find.png); returns the valley suggestion, recorded in the run."""
         t = time.perf_counter()
+        self.record["lr_find"] = run_lr_find(self.learn, self.cfg.lr_find_iters, self.run_dir / "lr_find.png")
+        self.timings["lr_find_s"] = time.perf_counter() - t
+        return self.record["lr_find"]["valley"]
+
+    def callbacks(self) -> list:
+        """The callbacks for fitting: CSV history, keep the best epoch, stop early when accuracy stalls."""
+        from fastai.callback.progress import CSVLogger
+        from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+
+        cbs = [CSVLogger(fname="history.csv", append=True),
+               SaveModelCallback(monitor="accuracy", fname="best", with_opt=False)]
+        if self.cfg.patience:
+            cbs.append(EarlyStoppingCallback(monitor="accuracy", patience=self.cfg.patience))
+        return cbs
+
+    def fit(self, lr: float | None = None) -> None:
+        """fine_tune (frozen epochs, then the unfrozen network with discriminative rates); after the fast head,
+        only fine_tune's unfrozen phase. `lr` default: the config's, else lr_find's valley."""
+        cfg = self.cfg
+        if cfg.epochs <= 0 and (cfg.freeze_epochs <= 0 or cfg.fast_head):
+            return
+        lr = lr or cfg.lr or self.find_lr()
+        self.record["lr"] = lr
         freeze_epochs = 0 if cfg.fast_head else cfg.freeze_epochs
+        t = time.perf_counter()
         if cfg.distributed:
             import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs `accelerate`)
 
-            with learn.distrib_ctx():
-                _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs, cfg.lr_mult)
+            with self.learn.distrib_ctx():
+                _fit(self.learn, cfg.epochs, lr, freeze_epochs, self.callbacks(), cfg.lr_mult)
         else:
-            _fit(learn, cfg.epochs, lr, freeze_epochs, fit_cbs, cfg.lr_mult)
-        timings["fine_tune_s"] = time.perf_counter() - t
+            _fit(self.learn, cfg.epochs, lr, freeze_epochs, self.callbacks(), cfg.lr_mult)
+        self.timings["fine_tune_s"] = time.perf_counter() - t
+
+    def finish(self) -> TrainResult:
+        """Back to fp32 on CPU; valid metrics, export.pkl, the verified model.onnx, test evaluation, the record."""
+        learn, cfg = self.learn, self.cfg
         if len(learn.recorder.values):
-            _save_plot(lambda: learn.recorder.plot_loss(), run_dir / "loss.png")
-    learn.to_fp32()
-    learn.model.cpu()
-    learn.dls.cpu()
-    record["valid"] = _valid_metrics(learn)
-    learn.export(run_dir / "export.pkl")
-    result = TrainResult(run_dir, {"valid": record["valid"]}, timings, learn)
-    if cfg.onnx:
-        from .export import export_learner
+            _save_plot(lambda: learn.recorder.plot_loss(), self.run_dir / "loss.png")
+        learn.to_fp32()
+        learn.model.cpu()
+        learn.dls.cpu()
+        self.record["valid"] = _valid_metrics(learn)
+        learn.export(self.run_dir / "export.pkl")
+        result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
+        if cfg.onnx:
+            from .export import export_learner
 
-        t = time.perf_counter()
-        report = export_learner(learn, run_dir / "model.onnx", model_name=f"birdclf-{arch}", version=run_dir.name)
-        record["onnx"] = report.to_dict()
-        timings["onnx_export_s"] = time.perf_counter() - t
-    if cfg.evaluate and splits.get("test"):
-        from .evaluate import evaluate_learner
+            t = time.perf_counter()
+            report = export_learner(learn, self.run_dir / "model.onnx", model_name=f"birdclf-{self.arch}",
+                                    version=self.run_dir.name)
+            self.record["onnx"] = report.to_dict()
+            self.timings["onnx_export_s"] = time.perf_counter() - t
+        if cfg.evaluate and self.splits.get("test"):
+            from .evaluate import evaluate_learner
 
-        t = time.perf_counter()
-        result.metrics["test"] = evaluate_learner(learn, splits["test"], run_dir / "evaluation")
-        timings["evaluate_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - start
-    record["timings"] = timings
-    _write_json(run_dir / "config.json", record)
-    _write_json(run_dir / "metrics.json", result.metrics | {"timings": timings})
-    return result
+            t = time.perf_counter()
+            result.metrics["test"] = evaluate_learner(learn, self.splits["test"], self.run_dir / "evaluation")
+            self.timings["evaluate_s"] = time.perf_counter() - t
+        self.timings["total_s"] = time.perf_counter() - self._started
+        self.record["timings"] = self.timings
+        _write_json(self.run_dir / "config.json", self.record)
+        _write_json(self.run_dir / "metrics.json", result.metrics | {"timings": self.timings})
+        return result
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """One reproducible run: data, learner, (fast head), lr_find, fine_tune, export.pkl, model.onnx, evaluation."""
+    run = TrainingRun(cfg)
+    if cfg.fast_head:
+        run.fit_head_on_features()
+    run.fit()
+    return run.finish()
 
 
 def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_mult: float = 100) -> None:
