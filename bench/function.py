@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import RESULTS, SHARED, machine, percentile, print_table, write_json
+from bench.common import SHARED, machine, percentile, print_table, write_json
 
 BIG_SIDE = 7000  # 7000 x 7000 RGBA = 49 Mpx, 196 MB decoded
 

@@ -189,3 +189,23 @@ def bird_dataset(tmp_path) -> Path:
 def shared_bird_dataset(tmp_path_factory) -> Path:
     """One tiny data set for read-only training tests."""
     return make_bird_dataset(tmp_path_factory.mktemp("data") / "birds", {"train": 12, "valid": 4, "test": 4})
+
+
+def clean_env(**extra: str) -> dict:
+    """The environment for a command that must not see this checkout's venv or settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BIRDCLF_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
+    return env | extra
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """birdclf's wheel, built from the checkout the way `pip wheel` / `python -m build` would."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)], check=True,
+                   capture_output=True, timeout=600)
+    (path,) = out.glob("birdclf-*.whl")
+    return path
+
+

@@ -4,7 +4,6 @@ folder outside the checkout (as on Azure, in a container, or by an HTTP client's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -12,27 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, api_process, make_image
+from tests.conftest import api_process, clean_env, make_image
 from tests.test_packaging import PACKAGED_CHECK
 
 pytestmark = pytest.mark.slow
-
-
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BIRDCLF_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)
-    return env | extra
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory) -> Path:
-    """birdclf's wheel, built from the checkout the way `pip wheel` / `python -m build` would."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)], check=True,
-                   capture_output=True, timeout=600)
-    (path,) = out.glob("birdclf-*.whl")
-    return path
 
 
 @pytest.fixture(scope="session")

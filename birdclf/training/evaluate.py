@@ -45,10 +45,7 @@ def most_confused(confusion: np.ndarray, labels: Sequence[str], n: int = 20, min
 
 def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, max_classes: int = 30) -> None:
     """Confusion matrix PNG; with many classes, only the classes involved in the most confusions (readable)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
 
     idx = np.arange(len(labels))
     title = "Confusion matrix"
@@ -60,7 +57,8 @@ def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, max
         title = f"Confusion matrix: the {max_classes} most confused of {len(labels)} classes"
     sub = confusion[np.ix_(idx, idx)]
     size = max(5, 0.35 * len(idx) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(sub, cmap="Blues")
     ax.set_xticks(range(len(idx)), [labels[i] for i in idx], rotation=90, fontsize=7)
     ax.set_yticks(range(len(idx)), [labels[i] for i in idx], fontsize=7)
@@ -73,15 +71,11 @@ def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, max
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_top_losses(rows: list[dict], path: Path, n: int = 12) -> None:
     """Grid of the images with the highest loss: predicted / actual / loss / probability of the actual class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ..serving.imaging import load_image
 
@@ -90,7 +84,8 @@ def plot_top_losses(rows: list[dict], path: Path, n: int = 12) -> None:
         return
     cols = min(4, len(rows))
     nrows = (len(rows) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 4.3 * nrows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 4.3 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
@@ -104,7 +99,6 @@ def plot_top_losses(rows: list[dict], path: Path, n: int = 12) -> None:
                      f"p(actual) {row['prob_actual']:.2f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def evaluate_probs(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], paths: Sequence[Any],

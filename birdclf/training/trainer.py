@@ -98,15 +98,15 @@ def run_lr_find(learn: Any, num_it: int = 100, plot: Path | None = None) -> dict
 
 
 def _save_plot(draw: Any, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Save what a fastai plotting method draws on pyplot's current figure (the backend is left as it is, so a
+    notebook keeps showing its plots inline)."""
     import matplotlib.pyplot as plt
 
-    plt.close("all")
+    figures_before = set(plt.get_fignums())
     draw()
     plt.gcf().savefig(path, dpi=110, bbox_inches="tight")
-    plt.close("all")
+    for number in set(plt.get_fignums()) - figures_before:
+        plt.close(number)
 
 
 def _run_dir(cfg: TrainConfig, arch: str) -> Path:
@@ -215,9 +215,12 @@ class TrainingRun:
             _fit(self.learn, cfg.epochs, lr, freeze_epochs, self.callbacks(), cfg.lr_mult)
         self.timings["fine_tune_s"] = time.perf_counter() - t
 
-    def finish(self) -> TrainResult:
-        """Back to fp32 on CPU; valid metrics, export.pkl, the verified model.onnx, test evaluation, the record."""
+    def finish(self, lr: float | None = None) -> TrainResult:
+        """Back to fp32 on CPU; valid metrics, export.pkl, the verified model.onnx, test evaluation, the record.
+        `lr`: the learning rate used, when fitting was done by hand (a notebook calling learn.fine_tune)."""
         learn, cfg = self.learn, self.cfg
+        if lr is not None:
+            self.record["lr"] = lr
         if len(learn.recorder.values):
             _save_plot(lambda: learn.recorder.plot_loss(), self.run_dir / "loss.png")
         learn.to_fp32()
