@@ -111,12 +111,17 @@ def test_run_folder_holds_everything(run):
 
 
 def test_exported_onnx_serves_the_learner(run, shared_bird_dataset):
+    """Same probabilities as the Learner, after the run's temperature; the gate and calibration travel along."""
     predictor = Predictor(run.run_dir / "model.onnx")
     assert predictor.labels == tuple(run.learn.dls.vocab) and predictor.config.input_size == 64
+    assert predictor.has_bird_signal and predictor.config.temperature == run.learn.birdclf_config.temperature
     image = next((shared_bird_dataset / "test" / "BLUE BUNTING").glob("*.jpg"))
     _, _, probs = run.learn.predict(image)
-    assert np.allclose(np.array([t["probability"] for t in predictor.predict(image, top_k=3).top_k]),
-                       np.sort(probs.numpy())[::-1], atol=1e-4)
+    calibrated = probs.double().numpy() ** (1 / predictor.config.temperature)
+    calibrated /= calibrated.sum()
+    prediction = predictor.predict(image, top_k=3)
+    assert np.allclose(np.array([t["probability"] for t in prediction.top_k]), np.sort(calibrated)[::-1], atol=1e-4)
+    assert prediction.is_bird is not None and prediction.verdict in ("species", "unsure", "not_a_bird")
 
 
 def test_evaluate_and_export_cli(run):

@@ -141,20 +141,31 @@ def _starter(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    import random
+
     import numpy as np
 
+    from ..data.labels import normalize_label
     from ..data.layout import list_images
     from ..serving.predictor import Predictor
     from .export import quantize_int8
 
     predictor = Predictor(args.model)
-    files = list_images(args.calibration)[: args.limit]
+    files = list_images(args.calibration)
     if not files:
         raise BirdclfError(f"no images under {args.calibration} to calibrate with")
-    arrays = np.stack([predictor.preprocess(f) for f in files])
-    report = quantize_int8(args.model, args.out, arrays)
+    random.Random(0).shuffle(files)  # calibrate across classes, then measure on images it did not see
+    held_out = files[args.limit:args.limit + args.evaluate]
+    index = {normalize_label(label): i for i, label in enumerate(predictor.labels)}
+    targets = [index.get(normalize_label(f.parent.name)) for f in held_out]
+    labels = np.array(targets) if held_out and None not in targets else None
+    report = quantize_int8(args.model, args.out, np.stack([predictor.preprocess(f) for f in files[: args.limit]]),
+                           np.stack([predictor.preprocess(f) for f in held_out]) if held_out else None, labels)
+    where = "held-out" if report.held_out else "calibration"
+    accuracy = (f"; accuracy on labels fp32 {report.fp32_accuracy:.1%}, int8 {report.int8_accuracy:.1%}"
+                if report.int8_accuracy is not None else "")
     print(f"int8 model {report.path}: {report.size_bytes / 1e6:.1f} MB (fp32 {report.fp32_size_bytes / 1e6:.1f} MB), "
-          f"top-1 agreement with fp32 {report.top1_agreement:.1%} on {report.num_images} images")
+          f"top-1 agreement with fp32 {report.top1_agreement:.1%} on {report.num_images} {where} images{accuracy}")
     return 0
 
 
@@ -211,7 +222,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("model")
     p.add_argument("--out", required=True)
     p.add_argument("--calibration", required=True, help="folder of images (searched recursively)")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=int, default=300, help="images to calibrate on")
+    p.add_argument("--evaluate", type=int, default=500, help="further images to measure agreement on")
     p.set_defaults(handler=_quantize)
 
     data = sub.add_parser("data", help="download, check, split, subset and describe data sets")

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ["compute_metrics", "most_confused", "evaluate_probs", "evaluate_learner", "evaluate_onnx",
-           "plot_confusion", "plot_top_losses"]
+           "plot_confusion", "plot_top_losses", "model_outputs", "label_targets"]
 
 
 def compute_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -118,6 +118,8 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]
             for i, (p, t, q) in enumerate(zip(paths, targets, preds))]
     top = sorted(rows, key=lambda r: -r["loss"])
     metrics["most_confused"] = most_confused(confusion, labels)
+    f1 = sorted((round(float(report[name]["f1-score"]), 3), name) for name in labels if report[name]["support"])
+    metrics["worst_classes"] = [{"class": name, "f1": score} for score, name in f1[:5]]
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,7 @@ def evaluate_probs(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str]
     return metrics
 
 
-def _targets(items: Sequence[tuple[Any, str]], labels: Sequence[str]) -> np.ndarray:
+def label_targets(items: Sequence[tuple[Any, str]], labels: Sequence[str]) -> np.ndarray:
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({label for _, label in items if label not in index})
     if unknown:
@@ -150,13 +152,18 @@ def _targets(items: Sequence[tuple[Any, str]], labels: Sequence[str]) -> np.ndar
 
 
 def evaluate_learner(learn: Any, items: Sequence[tuple[Path, str]], out_dir: str | os.PathLike | None = None,
-                     bs: int = 64) -> dict[str, Any]:
-    """Evaluate a fastai Learner on (path, label) items with the validation transform."""
+                     bs: int = 64, calibration: Any = None) -> dict[str, Any]:
+    """Evaluate a fastai Learner on (path, label) items with the validation transform; with a `calibration`, also
+    how its verdicts do (coverage and precision of "species", share passing the bird gate)."""
+    from .calibration import abstention_stats, softmax
+
     labels = list(learn.dls.vocab)
-    targets = _targets(items, labels)
-    dl = learn.dls.test_dl([p for p, _ in items], bs=bs)
-    probs, _ = learn.get_preds(dl=dl)
-    return evaluate_probs(probs.float().numpy(), targets, labels, [p for p, _ in items], out_dir)
+    targets = label_targets(items, labels)
+    logits, bird = model_outputs(learn, [p for p, _ in items], bs)
+    metrics = evaluate_probs(softmax(logits), targets, labels, [p for p, _ in items], out_dir)
+    if calibration is not None:
+        metrics["abstention"] = abstention_stats(logits, targets, calibration, bird)
+    return metrics
 
 
 def evaluate_onnx(model: str | os.PathLike, items: Sequence[tuple[Path, str]],
@@ -165,10 +172,30 @@ def evaluate_onnx(model: str | os.PathLike, items: Sequence[tuple[Path, str]],
     from ..serving.predictor import Predictor
 
     predictor = Predictor(model)
-    targets = _targets(items, predictor.labels)
+    targets = label_targets(items, predictor.labels)
     chunks = []
     for start in range(0, len(items), 64):
         batch = np.stack([predictor.preprocess(p) for p, _ in items[start:start + 64]])
         chunks.append(predictor.run(batch)[0])
     probs = np.concatenate(chunks) if chunks else np.zeros((0, len(predictor.labels)))
     return evaluate_probs(probs, targets, predictor.labels, [p for p, _ in items], out_dir)
+
+
+def model_outputs(learn: Any, paths: Sequence[Any], bs: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+    """Species logits and P(bird) (None without a gate) of images under the validation transform, in eval mode."""
+    import torch
+
+    from .gate import gated_model
+
+    model = gated_model(learn)
+    device = next(model.parameters()).device
+    logits, birds = [], []
+    with torch.inference_mode():
+        for (xb,) in learn.dls.test_dl(list(paths), bs=bs):
+            out = model(xb.to(device))
+            logits.append((out[0] if isinstance(out, tuple) else out).float().cpu().numpy())
+            if isinstance(out, tuple):
+                birds.append(out[1].float().cpu().numpy())
+    width = len(learn.dls.vocab)
+    return (np.concatenate(logits) if logits else np.zeros((0, width)),
+            np.concatenate(birds) if birds else None)

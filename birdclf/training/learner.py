@@ -37,14 +37,18 @@ def arch_config(arch: str, labels: list[str], input_size: int | None = None, mod
 
 def make_learner(dls: Any, arch: str, config: ModelConfig, pretrained: bool = True, path: str | os.PathLike = ".",
                  train_bn: bool = True, label_smoothing: float = 0.1, freeze_bn: bool = True) -> Any:
-    """A fastai Learner: timm body (ImageNet weights from the hub or offline packages) + fastai head, frozen."""
+    """A fastai Learner: timm body (ImageNet weights from the hub or offline packages) + fastai head, frozen; the
+    backbone's ImageNet classifier is kept as `learn.bird_gate` (exported beside the head)."""
     from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
     from fastai.metrics import F1Score, accuracy
     from fastai.vision.all import Learner, TimmBody, add_head, default_split
 
+    from .gate import BirdGate, imagenet_classifier
     from .weights import create_model
 
-    backbone, source = create_model(arch, pretrained=pretrained, num_classes=0)
+    backbone, source = create_model(arch, pretrained=pretrained)  # with its ImageNet classifier: the bird gate
+    classifier = imagenet_classifier(backbone) if pretrained else None
+    backbone.reset_classifier(0)
     body = TimmBody(backbone, pretrained, None, 3)
     model = add_head(body, backbone.num_features, dls.c, pool=body.needs_pool)
     loss = LabelSmoothingCrossEntropyFlat(eps=label_smoothing) if label_smoothing else CrossEntropyLossFlat()
@@ -58,4 +62,5 @@ def make_learner(dls: Any, arch: str, config: ModelConfig, pretrained: bool = Tr
         learn.add_cb(FreezeBodyBatchNorm())
     learn.birdclf_config = ModelConfig.from_dict(config.to_dict() | {"labels": list(dls.vocab), "arch": arch})
     learn.weights_source = source
+    learn.bird_gate = BirdGate(classifier) if classifier is not None else None
     return learn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,33 +216,53 @@ class TrainingRun:
         self.timings["fine_tune_s"] = time.perf_counter() - t
 
     def finish(self, lr: float | None = None) -> TrainResult:
-        """Back to fp32 on CPU; valid metrics, export.pkl, the verified model.onnx, test evaluation, the record.
-        `lr`: the learning rate used, when fitting was done by hand (a notebook calling learn.fine_tune)."""
+        """Back to fp32 on CPU; valid metrics; calibration (temperature, species and gate thresholds) on the valid
+        split; test evaluation with verdicts; the model card; export.pkl and the verified model.onnx (config,
+        calibration and card inside). `lr`: the learning rate used, when a notebook called fine_tune itself."""
+        from .calibration import calibrate
+        from .card import build_card, write_card
+        from .evaluate import evaluate_learner, label_targets, model_outputs
+
         learn, cfg = self.learn, self.cfg
         if lr is not None:
             self.record["lr"] = lr
-        if len(learn.recorder.values):
+        if len(getattr(learn.recorder, "values", None) or ()):  # fastai records values only once it fitted
             _save_plot(lambda: learn.recorder.plot_loss(), self.run_dir / "loss.png")
         learn.to_fp32()
         learn.model.cpu()
         learn.dls.cpu()
         self.record["valid"] = _valid_metrics(learn)
-        learn.export(self.run_dir / "export.pkl")
         result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
+
+        t = time.perf_counter()
+        valid = self.splits["valid"]
+        logits, bird = model_outputs(learn, [p for p, _ in valid])
+        calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird)
+        self.record["calibration"] = calibration.to_dict()
+        self.timings["calibrate_s"] = time.perf_counter() - t
+        if cfg.evaluate and self.splits.get("test"):
+            t = time.perf_counter()
+            result.metrics["test"] = evaluate_learner(learn, self.splits["test"], self.run_dir / "evaluation",
+                                                      calibration=calibration)
+            self.timings["evaluate_s"] = time.perf_counter() - t
+        test = {k: v for k, v in result.metrics.get("test", {}).items() if k != "top_losses"}
+        name = f"birdclf-{self.arch}"
+        card = build_card(name, self.run_dir.name, self.arch, learn.weights_source, cfg.data, cfg.split,
+                          len(learn.dls.vocab), self.record["images"], test, calibration.to_dict())
+        write_card(self.run_dir, card)
+        updates: dict[str, Any] = {"temperature": calibration.temperature,
+                                   "species_threshold": calibration.species_threshold, "card": card}
+        if calibration.bird_threshold is not None:
+            updates["bird_threshold"] = calibration.bird_threshold
+        learn.birdclf_config = replace(learn.birdclf_config, **updates)
+        learn.export(self.run_dir / "export.pkl")
         if cfg.onnx:
             from .export import export_learner
 
             t = time.perf_counter()
-            report = export_learner(learn, self.run_dir / "model.onnx", model_name=f"birdclf-{self.arch}",
-                                    version=self.run_dir.name)
+            report = export_learner(learn, self.run_dir / "model.onnx", model_name=name, version=self.run_dir.name)
             self.record["onnx"] = report.to_dict()
             self.timings["onnx_export_s"] = time.perf_counter() - t
-        if cfg.evaluate and self.splits.get("test"):
-            from .evaluate import evaluate_learner
-
-            t = time.perf_counter()
-            result.metrics["test"] = evaluate_learner(learn, self.splits["test"], self.run_dir / "evaluation")
-            self.timings["evaluate_s"] = time.perf_counter() - t
         self.timings["total_s"] = time.perf_counter() - self._started
         self.record["timings"] = self.timings
         _write_json(self.run_dir / "config.json", self.record)
