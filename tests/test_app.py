@@ -1,65 +1,212 @@
-"""The Voila web app in real Chromium, against the real prediction function."""
+"""The web app: photo preparation and the API client in-process, then the real page (Voila) in real Chromium at
+phone and desktop sizes, against the real API serving a real (tiny) ONNX model."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import io
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from birdclf.webapp.page import ApiClient, AppError, render_result, species_link
-from tests.conftest import ROOT, free_port, make_image, wait_http
+from birdclf.webapp.client import ApiClient, AppError
+from birdclf.webapp.page import UPLOAD_LIMIT_MB, render_error, render_result, species_link
+from birdclf.webapp.photos import SEND_PIXELS, PhotoError, prepare_photo
+from tests.conftest import ROOT, api_process, free_port, make_image, wait_http
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run"]
+PHONE = {"width": 390, "height": 844}
 
 
-def test_result_card_escapes_and_links():
-    card = render_result("<b>x</b>.jpg", {"top_k": [{"label": "AMERICAN GOLDFINCH", "probability": 0.9}],
-                                          "is_bird": False, "bird_probability": 0.1})
-    assert "&lt;b&gt;x&lt;/b&gt;.jpg" in card and "90.0%" in card and "may not be a bird" in card
-    assert "American+Goldfinch" in species_link("AMERICAN GOLDFINCH")
+# -- the page's pieces, in-process ------------------------------------------------------------------------------
+def test_cards_put_the_answer_first():
+    species = render_result("<b>x</b>.jpg", {"top_k": [{"label": "AMERICAN GOLDFINCH", "probability": 0.93},
+                                                       {"label": "HOUSE FINCH", "probability": 0.001}],
+                                             "is_bird": True, "bird_probability": 0.99, "verdict": "species"})
+    assert "&lt;b&gt;x&lt;/b&gt;.jpg" in species and ">American Goldfinch</a>, 93%" in species
+    assert 'target="_blank" rel="noopener noreferrer"' in species and "American+Goldfinch" in species_link(
+        "AMERICAN GOLDFINCH")
+    assert species.index("Other possibilities") > species.index("93%")  # the rest folded below the answer
+    assert 'width:0.1%' not in species  # no sliver of a bar for a 0.1% guess
+    unsure = render_result("a.jpg", {"top_k": [{"label": "Bulbul", "probability": 0.3}], "verdict": "unsure",
+                                     "is_bird": True, "bird_probability": 0.9})
+    assert "Not sure" in unsure and "could be one of these" in unsure
+    not_bird = render_result("cup.jpg", {"top_k": [{"label": "Kite", "probability": 0.4}], "verdict": "not_a_bird",
+                                         "is_bird": False, "bird_probability": 0.02})
+    assert "No bird found" in not_bird and "Best guesses anyway" in not_bird
+    assert "&lt;script&gt;" in render_error("<script>x</script>")
 
 
-def test_client_unreachable_is_friendly():
-    client = ApiClient(url=f"http://127.0.0.1:{free_port()}/api", timeout=2)
-    with pytest.raises(AppError, match="unreachable"):
-        client.predict(make_image(), "a.jpg", "image/jpeg")
+def _jpeg(width: int, height: int, **save) -> bytes:
+    arr = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", **save)
+    return buf.getvalue()
 
 
-def test_client_reports_server_errors_in_plain_words(api_server):
-    client = ApiClient(url=api_server)
-    with pytest.raises(AppError, match="could not be read as a photo"):
-        client.predict(b"not an image", "notes.txt", "text/plain")
-    result = client.predict(make_image(), "a.jpg", "image/jpeg")
-    assert len(result["top_k"]) == 5
+def test_big_photos_are_made_small_and_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees
+    photo = prepare_photo("big.jpg", _jpeg(6000, 4000, quality=95, exif=exif.tobytes()))
+    sent = Image.open(io.BytesIO(photo.jpeg))
+    assert sent.width * sent.height <= SEND_PIXELS and sent.height > sent.width  # EXIF applied before sending
+    assert photo.original_size == (6000, 4000) and photo.thumbnail_uri.startswith("data:image/jpeg;base64,")
+    rgba = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    assert np.asarray(Image.open(io.BytesIO(prepare_photo("clear.png", buf.getvalue()).jpeg))).min() > 240
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"", "empty"), (b"hello, not a photo", "not a photo this page can read"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC"), (make_image()[:200], "damaged or incomplete")])
+def test_unreadable_uploads_are_named_and_explained(data, words):
+    with pytest.raises(PhotoError, match=words) as info:
+        prepare_photo("IMG_0042.jpg", data)
+    assert "IMG_0042.jpg" in str(info.value)
+
+
+class _FakeApi(http.server.BaseHTTPRequestHandler):
+    """A stand-in for the API's transport behaviour (status codes, delays); real answers come from tests below."""
+
+    delay = 0.0
+    status = 200
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        time.sleep(self.delay)
+        body = (b'{"predictions": [{"top_k": [{"label": "Kite", "probability": 0.9}], "verdict": "species"}]}'
+                if self.status == 200 else b'{"error": "request body is empty", "status": %d}' % self.status)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 @contextlib.contextmanager
-def voila_app(api_url: str):
-    """Real Voila serving app.ipynb against `api_url`; yields the page URL, stops Voila afterwards."""
+def fake_api(status: int = 200, delay: float = 0.0):
+    handler = type("Handler", (_FakeApi,), {"status": status, "delay": delay})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+
+
+def test_photos_go_out_side_by_side_under_one_deadline():
+    photos = [(f"p{i}.jpg", b"x") for i in range(4)]
+    with fake_api(delay=1.0) as url:
+        started = time.monotonic()
+        answers = ApiClient(url=url, timeout=10).predict_many(photos)
+        assert time.monotonic() - started < 2.5 and all(isinstance(a, dict) for a in answers)  # not 4 s in turn
+        started = time.monotonic()
+        answers = ApiClient(url=url, timeout=0.5).predict_many(photos)
+        assert time.monotonic() - started < 1.5  # one 0.5 s deadline for all, not 0.5 s each
+        assert all(isinstance(a, AppError) and f"p{i}.jpg" in str(a) for i, a in enumerate(answers))
+
+
+@pytest.mark.parametrize("status,words", [(413, "too large"), (400, "JPEG, PNG, WebP, GIF, BMP or TIFF"),
+                                          (401, "access key"), (503, "busy"), (500, "HTTP 500")])
+def test_api_errors_become_words(status, words):
+    with fake_api(status) as url, pytest.raises(AppError, match=words) as info:
+        ApiClient(url=url).predict(b"x", "bird.jpg")
+    assert "request body" not in str(info.value)  # the API's wording stays out of the page
+    if status != 401:
+        assert "bird.jpg" in str(info.value)
+
+
+def test_unreachable_service_is_friendly():
+    with pytest.raises(AppError, match="unreachable") as info:
+        ApiClient(url=f"http://127.0.0.1:{free_port()}/api", timeout=2).predict(b"x", "a.jpg")
+    assert "a.jpg" in str(info.value)
+
+
+# -- the real page in Chromium ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def verdict_model(tmp_path_factory) -> Path:
+    """A real (tiny) ONNX model, exported with birdclf's exporter, whose verdict follows the photo's colour: red ->
+    'species', grey -> 'unsure', blue -> 'not_a_bird'."""
+    torch = pytest.importorskip("torch")
+    from birdclf.config import ModelConfig
+    from birdclf.training.export import export_onnx
+
+    class ColourModel(torch.nn.Module):
+        def forward(self, x):
+            r, g, b = x.mean((2, 3)).unbind(1)
+            logits = torch.stack([8 * r, 8 * g, -8 * (r + g)], 1)
+            return logits, torch.sigmoid(6 * (r + g - b) + 3)
+
+    config = ModelConfig(model_name="colour-birds", labels=("RED CARDINAL", "GREEN JAY", "GREY HERON"),
+                         input_size=64, resize_size=72, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), version="1",
+                         bird_threshold=0.5, species_threshold=0.6, card={"coverage": {
+                             "summary": "This test model knows 3 colours of bird.", "groups": []}})
+    path = tmp_path_factory.mktemp("colour") / "colour.onnx"
+    export_onnx(ColourModel(), path, config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def colour_photos(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    photos = {}
+    for name, colour in (("red", (230, 20, 20)), ("grey", (128, 128, 128)), ("blue", (20, 20, 230))):
+        photos[name] = folder / f"{name}-bird.jpg"
+        Image.new("RGB", (640, 480), colour).save(photos[name])
+    (folder / "notes.jpg").write_text("a text file renamed .jpg")
+    photos["text"] = folder / "notes.jpg"
+    arr = np.random.default_rng(1).integers(0, 255, (4000, 6000, 3), dtype=np.uint8)
+    arr[..., 1:] //= 8  # reddish noise: a ~30 MB phone-sized JPEG
+    Image.fromarray(arr).save(folder / "phone-30mb.jpg", quality=98)
+    photos["big"] = folder / "phone-30mb.jpg"
+    (folder / "too-big.jpg").write_bytes(b"\xff\xd8" + os.urandom((UPLOAD_LIMIT_MB + 5) * 2**20))
+    photos["too_big"] = folder / "too-big.jpg"
+    return photos
+
+
+@pytest.fixture(scope="module")
+def api(verdict_model, tmp_path_factory):
+    with api_process(tmp_path_factory.mktemp("home"), args=("--model", str(verdict_model))) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def voila_app(api_url: str, *extra: str):
+    """Real Voila serving app.ipynb (with the repo's voila.json) against `api_url`; yields (page URL, process)."""
     port = free_port()
-    env = dict(os.environ, BIRDCLF_API_URL=api_url, BIRDCLF_API_TIMEOUT="20")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDCLF_")}
+    env.update(BIRDCLF_API_URL=api_url, BIRDCLF_API_TIMEOUT="20")
     proc = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                             "--Voila.ip=127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--Voila.ip=127.0.0.1", *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/", 90)
-        yield f"http://127.0.0.1:{port}/"
+        wait_http(f"http://127.0.0.1:{port}/", 90, process=proc)
+        yield f"http://127.0.0.1:{port}/", proc
     finally:
         proc.terminate()
-        proc.wait(15)
-
-
-def _screenshot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -73,65 +220,155 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def bird_photo(tmp_path_factory) -> Path:
-    """A real bird photo from ../shared/data when present, else a generated image."""
-    shared = ROOT.parent / "shared" / "data" / "cub50" / "test" / "American_Goldfinch"
-    photos = sorted(shared.glob("*.jpg")) if shared.is_dir() else []
-    if photos:
-        return photos[0]
-    path = tmp_path_factory.mktemp("upload") / "generated.jpg"
-    path.write_bytes(make_image(320, 240))
-    return path
+def _screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def _upload_and_classify(page, url: str, files: list[Path]) -> None:
+def _open(browser, url: str, viewport: dict):
+    page = browser.new_page(viewport=viewport)
     page.goto(url, wait_until="networkidle", timeout=90_000)
     page.wait_for_selector("button.widget-upload", timeout=90_000)
-    assert page.locator("text=Which bird is this?").count() == 1
-    assert page.locator("text=build_app").count() == 0  # no source shown
+    return page
+
+
+def _choose(page, files: list[Path]) -> None:
     with page.expect_file_chooser() as chooser:
         page.click("button.widget-upload")
     chooser.value.set_files([str(f) for f in files])
-    page.wait_for_selector("text=photo(s) ready", timeout=30_000)
-    page.click("button:has-text('Classify')")
+
+
+def _status(page, timeout: float = 90_000) -> str:
+    page.wait_for_selector(".bc-status .bc-done, .bc-status .bc-failed", timeout=timeout)
+    return page.locator(".bc-status").inner_text()
+
+
+def _predict_count(server) -> int:
+    time.sleep(0.3)
+    return len(re.findall(r"POST /api/predict 200", server.log_text()))
 
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_upload_and_classify_in_chromium(browser, api_server, bird_photo):
-    with voila_app(api_server) as url:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        _upload_and_classify(page, url, [bird_photo])
-        page.wait_for_selector(".bc-result", timeout=60_000)
-        rows = page.locator(".bc-result .bc-row")
-        assert rows.count() == 5
-        percentages = [float(t.rstrip("%")) for t in page.locator(".bc-result .bc-pct").all_inner_texts()]
-        assert percentages == sorted(percentages, reverse=True) and 0 < sum(percentages) <= 100.5
-        assert page.locator(".bc-result a[href*='wikipedia']").count() == 5
-        if "shared" in str(bird_photo):
-            assert "Goldfinch" in page.locator(".bc-result").inner_text()
+def test_phone_three_verdicts_big_photo_and_a_non_image(browser, api, colour_photos):
+    with voila_app(api.base) as (url, _):
+        page = _open(browser, url, {"width": 390, "height": 2600})  # tall: the whole page in one screenshot
+        assert page.locator("text=This test model knows 3 colours of bird.").count() == 1  # the coverage
+        assert page.locator("text=build_app").count() == 0  # no source shown
+        _choose(page, [colour_photos[k] for k in ("red", "grey", "blue", "big", "text")])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        assert "notes.jpg" in page.locator(".bc-error").inner_text()  # named before anything is sent
+        page.click("button:has-text('Identify')")
+        assert "4 photos identified" in _status(page)
+        cards = page.locator(".bc-result")
+        assert cards.count() == 4
+        text = {name: page.locator(".bc-result", has_text=f"{name}").inner_text()
+                for name in ("red-bird", "grey-bird", "blue-bird", "phone-30mb")}
+        assert "Red Cardinal" in text["red-bird"] and "confident" in text["red-bird"]
+        assert "Not sure" in text["grey-bird"] and "No bird found" in text["blue-bird"]
+        assert "Red Cardinal" in text["phone-30mb"]  # the 30 MB photo, downscaled in the kernel, was answered
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+        for box in page.locator(".bc-pct, .bc-headline, .bc-photo img").all():
+            b = box.bounding_box()
+            if b:  # folded rows have no box
+                assert b["x"] >= 0 and b["x"] + b["width"] <= 390, b
+        links = page.locator(".bc-result a[href*='wikipedia']")
+        assert links.count() >= 3 and links.first.get_attribute("target") == "_blank"
         assert page.locator("text=Traceback").count() == 0
-        _screenshot(page, "app_result.png")
+        _screenshot(page, "app_phone.png")
+        page = _open(browser, url, {"width": 1200, "height": 1600})
+        _choose(page, [colour_photos["red"], colour_photos["grey"], colour_photos["blue"]])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        page.click("button:has-text('Identify')")
+        _status(page)
+        _screenshot(page, "app_desktop.png")
 
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_function_down_shows_friendly_error(browser, bird_photo):
-    with voila_app(f"http://127.0.0.1:{free_port()}/api") as url:  # nothing listens there
-        page = browser.new_page()
-        _upload_and_classify(page, url, [bird_photo])
-        page.wait_for_selector(".bc-result-error", timeout=60_000)
-        text = page.locator(".bc-result-error").inner_text()
-        assert "unreachable" in text and "Traceback" not in page.content()
-        _screenshot(page, "app_function_down.png")
+def test_double_click_runs_once_and_over_the_limit_says_so(browser, api, colour_photos):
+    with voila_app(api.base) as (url, _):
+        page = _open(browser, url, PHONE)
+        before = _predict_count(api)
+        _choose(page, [colour_photos["red"], colour_photos["grey"]])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        page.dblclick("button:has-text('Identify')")
+        _status(page)
+        time.sleep(2)  # a queued second click would have run by now
+        assert _predict_count(api) - before == 2
+        _choose(page, [colour_photos["too_big"]])
+        page.wait_for_selector(f"text=the limit is {UPLOAD_LIMIT_MB} MB", timeout=20_000)
+        assert "too-big.jpg" in page.locator(".bc-status").inner_text()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_service_down_names_the_photo(browser, colour_photos):
+    with voila_app(f"http://127.0.0.1:{free_port()}/api") as (url, _):  # nothing listens there
+        page = _open(browser, url, PHONE)
+        _choose(page, [colour_photos["red"]])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        page.click("button:has-text('Identify')")
+        status = _status(page)
+        text = page.locator(".bc-error").inner_text()
+        assert "red-bird.jpg" in text and "unreachable" in text and "try again" in text
+        assert "failed" in status and "Done" not in status and "Traceback" not in page.content()
+        _screenshot(page, "app_service_down.png")
+
+
+def _kernels(proc_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(proc_pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def _pss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_visitor_capacity(browser, api, colour_photos):
+    """Three places: three visitors get the page and kernels; the fourth gets the busy page (503); closing the
+    pages frees the kernels at once; memory per visitor is measured."""
+    with voila_app(api.base, "--CappedKernelManager.max_kernels=3") as (url, proc):
+        idle = _pss_mb(proc.pid)
+        pages = []
+        for _ in range(3):
+            page = _open(browser, url, PHONE)
+            _choose(page, [colour_photos["red"]])
+            page.wait_for_selector("text=ready", timeout=60_000)
+            page.click("button:has-text('Identify')")
+            _status(page)
+            pages.append(page)
+        kernels = _kernels(proc.pid)
+        assert len(kernels) == 3
+        total = _pss_mb(proc.pid) + sum(_pss_mb(k) for k in kernels)
+        extra = browser.new_page(viewport=PHONE)
+        response = extra.goto(url, timeout=60_000)
+        assert response.status == 503 and "busy right now" in extra.content()
+        _screenshot(extra, "app_busy.png")
+        for page in pages:
+            page.close(run_before_unload=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _kernels(proc.pid):
+            time.sleep(0.5)
+        assert _kernels(proc.pid) == [], "closed pages left their kernels behind"
+        per_visitor = (total - idle) / 3
+        print(f"voila idle {idle:.0f} MB PSS; 3 visitors {total:.0f} MB; {per_visitor:.0f} MB per visitor")
+        assert per_visitor < 60, f"{per_visitor:.0f} MB per visitor"
 
 
 @pytest.mark.slow
 def test_demo_starts_both_and_ctrl_c_stops_both(starter_onnx):
     import signal
     import time
-    import urllib.request
 
     fn_port, app_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "birdclf", "demo", "--model", str(starter_onnx),
