@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _package(args: argparse.Namespace) -> int:
     from .serving.packaging import package_function
 
-    report = package_function(args.model, args.dest, force=args.force)
+    report = package_function(args.model, args.dest, force=args.force, build=args.build)
     print_json(report)
     if report["kept"]:
         print(f"note: kept your {', '.join(report['kept'])} (different from this version's); pass --force to "
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--dest", help="function folder, created if missing (default: ./azure_function)")
     p.add_argument("--force", action="store_true", help="replace a different model or files (old ones kept as .bak)")
+    p.add_argument("--build", action="store_true",
+                   help="also install trimmed dependencies into .python_packages (publish with --no-build)")
     p.set_defaults(handler=_package)
 
     p = sub.add_parser("demo", help="start the local API and the Voila app; Ctrl-C stops both")

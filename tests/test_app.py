@@ -94,11 +94,14 @@ class _FakeApi(http.server.BaseHTTPRequestHandler):
         time.sleep(self.delay)
         body = (b'{"predictions": [{"top_k": [{"label": "Kite", "probability": 0.9}], "verdict": "species"}]}'
                 if self.status == 200 else b'{"error": "request body is empty", "status": %d}' % self.status)
-        self.send_response(self.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(self.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client gave up at its deadline
+            pass
 
 
 @contextlib.contextmanager
@@ -174,10 +177,12 @@ def colour_photos(tmp_path_factory) -> dict[str, Path]:
         Image.new("RGB", (640, 480), colour).save(photos[name])
     (folder / "notes.jpg").write_text("a text file renamed .jpg")
     photos["text"] = folder / "notes.jpg"
-    arr = np.random.default_rng(1).integers(0, 255, (4000, 6000, 3), dtype=np.uint8)
-    arr[..., 1:] //= 8  # reddish noise: a ~30 MB phone-sized JPEG
-    Image.fromarray(arr).save(folder / "phone-30mb.jpg", quality=98)
+    arr = np.random.default_rng(1).integers(0, 256, (4000, 6000, 3), dtype=np.uint8)
+    arr[..., 0] = 160 + arr[..., 0] % 96  # red noise: a 24 Mpx JPEG of about 30 MB, as big as phone photos get
+    arr[..., 1:] //= 4
+    Image.fromarray(arr).save(folder / "phone-30mb.jpg", quality=98, subsampling=0)
     photos["big"] = folder / "phone-30mb.jpg"
+    assert photos["big"].stat().st_size > 25e6
     (folder / "too-big.jpg").write_bytes(b"\xff\xd8" + os.urandom((UPLOAD_LIMIT_MB + 5) * 2**20))
     photos["too_big"] = folder / "too-big.jpg"
     return photos
@@ -193,13 +198,13 @@ def api(verdict_model, tmp_path_factory):
 def voila_app(api_url: str, *extra: str):
     """Real Voila serving app.ipynb (with the repo's voila.json) against `api_url`; yields (page URL, process)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDCLF_")}
-    env.update(BIRDCLF_API_URL=api_url, BIRDCLF_API_TIMEOUT="20")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BIRDCLF_", "GLIBC_TUNABLES"))}
+    env.update(BIRDCLF_API_URL=api_url, BIRDCLF_API_TIMEOUT="20", MALLOC_MMAP_THRESHOLD_="131072")  # as the Procfile
     proc = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
-                             "--Voila.ip=127.0.0.1", *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+                             "--Voila.ip=127.0.0.1", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/", 90, process=proc)
+        wait_http(f"http://127.0.0.1:{port}/voila/static/ready-probe", 90, process=proc)  # "/" would start a kernel
         yield f"http://127.0.0.1:{port}/", proc
     finally:
         proc.terminate()
@@ -226,7 +231,8 @@ def _screenshot(page, name: str) -> None:
 
 
 def _open(browser, url: str, viewport: dict):
-    page = browser.new_page(viewport=viewport)
+    """A new visitor: its own browser context (cookies), as separate people have."""
+    page = browser.new_context(viewport=viewport).new_page()
     page.goto(url, wait_until="networkidle", timeout=90_000)
     page.wait_for_selector("button.widget-upload", timeout=90_000)
     return page
@@ -239,7 +245,8 @@ def _choose(page, files: list[Path]) -> None:
 
 
 def _status(page, timeout: float = 90_000) -> str:
-    page.wait_for_selector(".bc-status .bc-done, .bc-status .bc-failed", timeout=timeout)
+    """The status line once identifying has finished."""
+    page.wait_for_selector(".bc-status :text-matches('identified|went wrong')", timeout=timeout)
     return page.locator(".bc-status").inner_text()
 
 
@@ -355,7 +362,8 @@ def test_visitor_capacity(browser, api, colour_photos):
         assert response.status == 503 and "busy right now" in extra.content()
         _screenshot(extra, "app_busy.png")
         for page in pages:
-            page.close(run_before_unload=True)
+            page.close(run_before_unload=True)  # the tab closes: Voila's page asks for its kernel's shutdown
+            page.context.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and _kernels(proc.pid):
             time.sleep(0.5)

@@ -69,3 +69,15 @@ def test_starter_keeps_an_existing_file(starter_onnx):
     assert out.returncode == 0 and "already" in out.stdout and starter_onnx.stat().st_mtime_ns == before
 
 
+
+
+def test_predict_shows_the_verdict(starter_onnx, tmp_path):
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    cup = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(cup)
+    out = run("predict", str(cup), "--model", str(starter_onnx), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)[0]["verdict"] == "not_a_bird"
+    out = run("predict", str(cup), "--model", str(starter_onnx), "--csv")
+    assert list(csv.DictReader(io.StringIO(out.stdout)))[0]["verdict"] == "not_a_bird"

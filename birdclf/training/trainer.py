@@ -156,6 +156,7 @@ class TrainingRun:
             from .callbacks import DeviceMixedPrecision
 
             self.learn.add_cb(DeviceMixedPrecision(self.precision))
+        self._body_at_start = _fingerprint(self.learn.model[0])
         self.timings["setup_s"] = time.perf_counter() - self._started
         self.record: dict[str, Any] = {
             "config": asdict(cfg) | {"arch": self.arch}, "weights": self.learn.weights_source,
@@ -163,6 +164,14 @@ class TrainingRun:
             "images": {k: len(v) for k, v in self.splits.items()}}
         _write_json(self.run_dir / "config.json", self.record)
         (self.run_dir / "labels.txt").write_text("\n".join(self.dls.vocab) + "\n")
+
+    @property
+    def body_changed(self) -> bool:
+        """Whether fitting moved the pretrained body (fine-tuning, or BatchNorm trained in frozen epochs), however
+        the fitting was driven (here or by a notebook's own fastai calls)."""
+        import torch
+
+        return not torch.equal(_fingerprint(self.learn.model[0]), self._body_at_start)
 
     def __repr__(self) -> str:
         return f"TrainingRun({str(self.run_dir)!r}, arch={self.arch!r}, {len(self.dls.vocab)} classes)"
@@ -234,6 +243,11 @@ class TrainingRun:
         self.record["valid"] = _valid_metrics(learn)
         result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
 
+        if getattr(learn, "bird_gate", None) is not None and self.body_changed:
+            from .gate import fixed_gate  # the fine-tuned body moved: the shared gate drifts (see gate.py)
+
+            learn.bird_gate = fixed_gate(learn.birdclf_config.mean, learn.birdclf_config.std)
+        self.record["gate"] = type(getattr(learn, "bird_gate", None)).__name__
         t = time.perf_counter()
         valid = self.splits["valid"]
         logits, bird = model_outputs(learn, [p for p, _ in valid])
@@ -289,6 +303,14 @@ def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_m
         learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=0.3, div=5.0, cbs=cbs)
     elif freeze_epochs > 0:
         learn.fit_one_cycle(freeze_epochs, lr, cbs=cbs)
+
+
+def _fingerprint(module: Any) -> Any:
+    """One float64 sum per parameter tensor: changes when any weight changes."""
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([p.detach().double().sum().cpu() for p in module.parameters()])
 
 
 def _valid_metrics(learn: Any) -> dict[str, float]:

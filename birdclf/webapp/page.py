@@ -120,30 +120,43 @@ def render_error(message: str, thumbnail_uri: str = "", filename: str = "") -> s
 
 
 def upload_guard_script(limit_mb: int = UPLOAD_LIMIT_MB) -> str:
-    """Browser-side check before the upload is sent: over the limit, say so and send nothing (a websocket message
-    over the server's limit would otherwise be dropped without a word)."""
+    """Browser-side check before an upload is sent: over the limit, say so and send nothing (a websocket message
+    over the server's limit would otherwise be dropped without a word). The upload widget's file input is not in
+    the document, so its own 'change' listener is wrapped as the widget adds it."""
     return """
 (function () {
   if (window.__birdclfGuard) return; window.__birdclfGuard = true;
-  document.addEventListener('change', function (event) {
-    var input = event.target;
-    if (!input || input.type !== 'file' || !input.files) return;
-    var total = 0, biggest = null;
-    for (var i = 0; i < input.files.length; i++) {
-      total += input.files[i].size;
-      if (!biggest || input.files[i].size > biggest.size) biggest = input.files[i];
+  var LIMIT_MB = __LIMIT_MB__;
+  function tooBig(input) {
+    var total = 0, names = [];
+    for (var i = 0; i < (input.files || []).length; i++) {
+      total += input.files[i].size; names.push(input.files[i].name);
     }
-    if (total <= LIMIT * 1048576) return;
-    event.stopImmediatePropagation(); input.value = '';
+    if (total <= LIMIT_MB * 1048576) return null;
+    var what = names.length > 1 ? 'These ' + names.length + ' photos come to ' : names[0] + ' is ';
+    return what + Math.round(total / 1048576) + ' MB; the limit is ' + LIMIT_MB + ' MB per upload. ' +
+           'Please choose fewer or smaller photos.';
+  }
+  function say(text) {
     var box = document.querySelector('.bc-status');
-    var what = input.files.length > 1 ? 'These photos come to ' : (biggest ? biggest.name + ' is ' : 'This is ');
-    var text = what + (total / 1048576).toFixed(0) + ' MB; the limit is LIMIT MB per upload. ' +
-               'Please choose fewer or smaller photos.';
-    if (box) { box.innerHTML = ''; var s = document.createElement('span'); s.className = 'bc-failed';
-               s.textContent = text; box.appendChild(s); } else { alert(text); }
-  }, true);
+    if (!box) { alert(text); return; }
+    box.textContent = ''; var span = document.createElement('span'); span.className = 'bc-failed';
+    span.textContent = text; box.appendChild(span);
+  }
+  var add = HTMLInputElement.prototype.addEventListener;
+  HTMLInputElement.prototype.addEventListener = function (type, listener, options) {
+    if (type === 'change' && this.type === 'file' && typeof listener === 'function') {
+      var input = this, original = listener;
+      listener = function (event) {
+        var problem = tooBig(input);
+        if (problem) { say(problem); input.value = ''; return; }
+        return original.call(this, event);
+      };
+    }
+    return add.call(this, type, listener, options);
+  };
 })();
-""".replace("LIMIT", str(int(limit_mb)))
+""".replace("__LIMIT_MB__", str(int(limit_mb)))
 
 
 def _coverage(info: dict) -> str:
