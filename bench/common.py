@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["ROOT", "SHARED", "RESULTS", "machine", "print_table", "write_json", "percentile"]
+__all__ = ["ROOT", "SHARED", "RESULTS", "machine", "print_table", "write_json", "percentile", "free_port", "pss_mb",
+           "child_pids"]
 
 
 def machine() -> dict[str, Any]:
@@ -28,6 +29,33 @@ def machine() -> dict[str, Any]:
 
     return {"cpu": cpu, "cpus": available_cpus(), "memory_gib": round(mem, 1), "python": platform.python_version(),
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pss_mb(pid: int) -> float:
+    """A process's proportional set size in MB (shared pages split between their users); 0 once it is gone."""
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process's children (Voila's kernels)."""
+    import subprocess
+
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
 
 
 def percentile(values: list[float], q: float) -> float:

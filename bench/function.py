@@ -11,7 +11,6 @@ import asyncio
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.common import SHARED, machine, percentile, print_table, write_json
+from bench.common import SHARED, free_port, machine, percentile, print_table, write_json
 
 BIG_SIDE = 7000  # 7000 x 7000 RGBA = 49 Mpx, 196 MB decoded
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, data: bytes, content_type: str = "image/jpeg") -> int:

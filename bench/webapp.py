@@ -16,10 +16,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from bench.common import ROOT, machine, print_table, write_json
-from bench.function import free_port, start_server, stop
+from bench.common import ROOT, child_pids, free_port, machine, print_table, pss_mb, write_json
+from bench.function import start_server, stop
 
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run"]
@@ -27,18 +29,7 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 
 def family(pid: int) -> list[int]:
     """The process and its children (Voila's kernels)."""
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid, *map(int, children)]
-
-
-def pss_mb(pid: int) -> float:
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return [pid, *child_pids(pid)]
 
 
 def phone_photo(path: Path) -> Path:
@@ -73,7 +64,7 @@ def main() -> None:
     env.update(BIRDCLF_API_URL=f"http://127.0.0.1:{api_port}/api", MALLOC_MMAP_THRESHOLD_="131072")
     voila = subprocess.Popen([sys.executable, "-m", "voila", "app.ipynb", "--no-browser", f"--port={port}",
                               "--Voila.ip=127.0.0.1", f"--CappedKernelManager.max_kernels={args.visitors}"],
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                             cwd=ROOT, env=env, stdout=open(work / "voila.log", "wb"), stderr=subprocess.STDOUT)
     samples: list[float] = []
     stop_sampling = threading.Event()
 
@@ -88,9 +79,9 @@ def main() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                import urllib.request
-
-                urllib.request.urlopen(url, timeout=5)
+                urllib.request.urlopen(url + "voila/static/ready-probe", timeout=5)  # "/" would start a kernel
+                break
+            except urllib.error.HTTPError:
                 break
             except OSError:
                 time.sleep(0.5)
@@ -101,7 +92,7 @@ def main() -> None:
             pages = []
             for n in range(1, args.visitors + 1):
                 t = time.perf_counter()
-                page = browser.new_page(viewport={"width": 390, "height": 844})
+                page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()  # one person each
                 page.goto(url, wait_until="networkidle", timeout=120_000)
                 page.wait_for_selector("button.widget-upload", timeout=120_000)
                 with page.expect_file_chooser() as chooser:
@@ -121,7 +112,8 @@ def main() -> None:
             busy_status = busy.status if busy else None
             extra.close()
             for page in pages:
-                page.close(run_before_unload=True)
+                page.close(run_before_unload=True)  # the tab closes: Voila's page asks for its kernel's shutdown
+                page.context.close()
             t = time.perf_counter()
             while time.perf_counter() - t < 60 and len(family(voila.pid)) > 1:
                 time.sleep(0.5)

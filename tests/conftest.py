@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from bench.common import free_port  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -50,13 +51,6 @@ def make_image(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str =
     buf = io.BytesIO()
     img.save(buf, format=fmt, **save)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:

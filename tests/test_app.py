@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.common import child_pids, pss_mb
 from birdclf.webapp.client import ApiClient, AppError
 from birdclf.webapp.page import UPLOAD_LIMIT_MB, render_error, render_result, species_link
 from birdclf.webapp.photos import SEND_PIXELS, PhotoError, prepare_photo
@@ -324,28 +325,13 @@ def test_service_down_names_the_photo(browser, colour_photos):
         _screenshot(page, "app_service_down.png")
 
 
-def _kernels(proc_pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(proc_pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
-
-
-def _pss_mb(pid: int) -> float:
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 def test_visitor_capacity(browser, api, colour_photos):
     """Three places: three visitors get the page and kernels; the fourth gets the busy page (503); closing the
     pages frees the kernels at once; memory per visitor is measured."""
     with voila_app(api.base, "--CappedKernelManager.max_kernels=3") as (url, proc):
-        idle = _pss_mb(proc.pid)
+        idle = pss_mb(proc.pid)
         pages = []
         for _ in range(3):
             page = _open(browser, url, PHONE)
@@ -354,9 +340,9 @@ def test_visitor_capacity(browser, api, colour_photos):
             page.click("button:has-text('Identify')")
             _status(page)
             pages.append(page)
-        kernels = _kernels(proc.pid)
+        kernels = child_pids(proc.pid)
         assert len(kernels) == 3
-        total = _pss_mb(proc.pid) + sum(_pss_mb(k) for k in kernels)
+        total = pss_mb(proc.pid) + sum(pss_mb(k) for k in kernels)
         extra = browser.new_page(viewport=PHONE)
         response = extra.goto(url, timeout=60_000)
         assert response.status == 503 and "busy right now" in extra.content()
@@ -365,9 +351,9 @@ def test_visitor_capacity(browser, api, colour_photos):
             page.close(run_before_unload=True)  # the tab closes: Voila's page asks for its kernel's shutdown
             page.context.close()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _kernels(proc.pid):
+        while time.monotonic() < deadline and child_pids(proc.pid):
             time.sleep(0.5)
-        assert _kernels(proc.pid) == [], "closed pages left their kernels behind"
+        assert child_pids(proc.pid) == [], "closed pages left their kernels behind"
         per_visitor = (total - idle) / 3
         print(f"voila idle {idle:.0f} MB PSS; 3 visitors {total:.0f} MB; {per_visitor:.0f} MB per visitor")
         assert per_visitor < 60, f"{per_visitor:.0f} MB per visitor"
@@ -401,3 +387,13 @@ def test_demo_starts_both_and_ctrl_c_stops_both(starter_onnx):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_heroku_files_are_the_packaged_page():
+    """app.ipynb and voila.json at the repo root (what Heroku serves) are the copies `birdclf demo` uses."""
+    from birdclf.webapp import NOTEBOOK
+
+    assert (ROOT / "app.ipynb").read_bytes() == NOTEBOOK.read_bytes()
+    assert (ROOT / "voila.json").read_bytes() == (NOTEBOOK.parent / "voila.json").read_bytes()
+    assert "MALLOC_MMAP_THRESHOLD_" in (ROOT / "Procfile").read_text()
+    assert (ROOT / "requirements.txt").read_text().strip() == ".[app]"

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import BirdclfError
 
-__all__ = ["Run", "open_run", "load_run", "run_info", "list_runs", "attach_data", "run_history", "MOVED",
+__all__ = ["Run", "open_run", "load_run", "list_runs", "attach_data", "run_history", "MOVED",
            "OLD_MODULES"]
 
 # birdclf 0.1 module -> the module that holds its contents today.
@@ -137,13 +137,6 @@ def open_run(run_dir: str | os.PathLike) -> Run:
     """The Run in `run_dir`."""
     run_dir = _check(run_dir)
     return Run(run_dir, _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json"))
-
-
-def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """config.json and metrics.json of a run, as a dict."""
-    run = open_run(run_dir)
-    return {"run_dir": str(run.path), "config": run.record, "metrics": run.metrics,
-            "model_onnx": str(run.onnx_path) if run.onnx_path else None}
 
 
 def list_runs(root: str | os.PathLike = "runs") -> list[Path]:
