@@ -112,12 +112,18 @@ class PredictionService:
             raise ModelNotFoundError("the model could not be loaded; the server log says why")
         return self._predictor
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    async def ready_predictor(self) -> Predictor:
+        """The Predictor, loading (or retrying) it off the event loop: a model download must not stall requests."""
+        if self._predictor is not None:
+            return self._predictor
+        return await anyio.to_thread.run_sync(lambda: self.predictor)
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
         """Status and body of /api/health."""
         if self.settings_error is not None:
             return 503, {"status": "misconfigured", "error": str(self.settings_error), "birdclf": __version__}
         try:
-            return 200, {"status": "ok", "model": self.predictor.info(), "birdclf": __version__}
+            return 200, {"status": "ok", "model": (await self.ready_predictor()).info(), "birdclf": __version__}
         except BirdclfError as exc:
             return 503, {"status": "error", "error": str(exc), "birdclf": __version__}
 
@@ -190,7 +196,7 @@ class PredictionService:
     async def predict(self, request: Request) -> dict[str, Any]:
         """The whole /api/predict: read, decode under the memory budget, run the model, answer."""
         started = time.perf_counter()
-        predictor = self.predictor
+        predictor = await self.ready_predictor()
         query_k = request.query_params.get("top_k", "")
         top_k = check_top_k(query_k) if query_k != "" else DEFAULT_TOP_K
         images, body = await self.read_images(request)
@@ -279,15 +285,15 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
         return JSONResponse(await service.predict(request))
 
     async def health() -> JSONResponse:
-        status, body = service.health()
+        status, body = await service.health()
         return JSONResponse(body, status_code=status)
 
     async def labels() -> JSONResponse:
-        predictor = service.predictor
+        predictor = await service.ready_predictor()
         return JSONResponse({"model": predictor.info(), "labels": list(predictor.labels)})
 
     async def model_card() -> JSONResponse:
-        predictor = service.predictor
+        predictor = await service.ready_predictor()
         return JSONResponse({"model": predictor.info(), "card": dict(predictor.config.card)})
 
     for route, endpoint, schema, summary in (
