@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from birdclf.serving.packaging import TEMPLATE_DIR, TEMPLATE_FILES
 
 _HEAVY_IMPORT = re.compile(r"^\s*(import|from)\s+(torch|torchvision|fastai|timm|onnx|onnxscript)\b", re.M)
@@ -111,3 +113,37 @@ def test_packaged_folder_runs_on_its_own(tmp_path, tiny_onnx):
     assert result["health"][0] == 200 and result["health"][1]["model"]["model_name"] == "tiny"
     assert result["predict"][0] == 200 and len(result["predict"][1]["predictions"][0]["top_k"]) == 2
     assert "ANONYMOUS" in result["routes"]["health"].upper()
+
+
+BUILT_CHECK = """
+import io, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]  # only the built dependencies and the function folder
+import numpy, onnxruntime
+from PIL import Image
+import function_app
+import birdclf
+assert onnxruntime.__file__.startswith(sys.argv[1]) and birdclf.__file__.startswith(sys.argv[2])
+session = onnxruntime.InferenceSession(sys.argv[2] + "/model.onnx", providers=["CPUExecutionProvider"])
+for fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+    buf = io.BytesIO(); Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, fmt)
+    Image.open(io.BytesIO(buf.getvalue())).convert("RGB").load()
+out = session.run(None, {"input": numpy.zeros((1, 3, 32, 32), numpy.float32)})
+print("ok", out[0].shape)
+"""
+
+
+@pytest.mark.slow
+def test_build_installs_trimmed_dependencies_that_serve(tmp_path, tiny_onnx):
+    """`--build`: Azure's Linux Python 3.11 dependencies in .python_packages, minus what serving never loads, and
+    the function still imports and runs from them alone (python -S: no site-packages of this machine)."""
+    dest = tmp_path / "fn"
+    out = run("package-function", str(tiny_onnx), "--dest", str(dest), "--build")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)["build"]
+    site = dest / ".python_packages" / "lib" / "site-packages"
+    assert (site / "onnxruntime").is_dir() and (site / "fastapi").is_dir()
+    assert not list(site.glob("onnxruntime/capi/libonnxruntime.so*")) and not list(site.glob("numpy/**/tests"))
+    assert report["removed_bytes"]["onnxruntime C library"] > 10e6 and report["bytes"] < 130e6
+    check = subprocess.run([sys.executable, "-S", "-c", BUILT_CHECK, str(site), str(dest)], capture_output=True,
+                           text=True, timeout=120, env={"PATH": os.environ["PATH"], "BIRDCLF_HOME": str(tmp_path)})
+    assert check.returncode == 0 and "ok (1, 3)" in check.stdout, check.stderr[-2000:]
