@@ -6,7 +6,8 @@ __all__ = [
     "ENV_MODEL", "ENV_HOME", "ENV_THREADS", "ENV_MAX_BYTES", "ENV_MAX_PIXELS", "ENV_MAX_IMAGES",
     "ENV_ALLOW_PRIVATE_URLS", "ENV_URL_TIMEOUT", "ENV_CORS_ORIGINS", "ENV_API_URL", "ENV_API_KEY",
     "ENV_API_TIMEOUT", "ENV_WEIGHTS_URL", "ENV_BIRD_THRESHOLD", "ENV_DECODE_MEMORY", "ENV_REQUEST_TIMEOUT",
-    "ENV_LOG_LEVEL", "DEFAULT_DECODE_MEMORY", "DEFAULT_REQUEST_TIMEOUT", "MAX_JSON_BYTES", "API_PREFIX",
+    "ENV_LOG_LEVEL", "ENV_UPLOAD_BUDGET", "DEFAULT_DECODE_MEMORY", "DEFAULT_UPLOAD_BUDGET", "DEFAULT_REQUEST_TIMEOUT",
+    "MAX_JSON_BYTES", "API_PREFIX",
     "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_IMAGES", "DEFAULT_URL_TIMEOUT",
     "DEFAULT_API_TIMEOUT", "DEFAULT_TOP_K", "MAX_TOP_K", "DEFAULT_BIRD_THRESHOLD", "DEFAULT_SPECIES_THRESHOLD",
     "STARTER_BIRD_THRESHOLD", "STARTER_TEMPERATURE", "STARTER_SPECIES_THRESHOLD", "STARTER_CALIBRATION_NOTE",
@@ -34,6 +35,7 @@ ENV_BIRD_THRESHOLD = "BIRDCLF_BIRD_THRESHOLD"  # bird probability under which we
 ENV_DECODE_MEMORY = "BIRDCLF_DECODE_MEMORY"  # bytes of decoded pixels held at once, over all requests
 ENV_REQUEST_TIMEOUT = "BIRDCLF_REQUEST_TIMEOUT"  # seconds one whole request may take (body, fetch, decode, model)
 ENV_LOG_LEVEL = "BIRDCLF_LOG_LEVEL"  # DEBUG, INFO, WARNING, ERROR
+ENV_UPLOAD_BUDGET = "BIRDCLF_UPLOAD_BUDGET"  # bytes of request bodies held at once, over all requests
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -42,6 +44,9 @@ DEFAULT_URL_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 30.0
 # One 50 Mpx RGBA image decodes to 200 MB: images that large are decoded one at a time, small ones side by side.
 DEFAULT_DECODE_MEMORY = 256 * 1024 * 1024
+# Bodies being received or waiting to be decoded, over all requests (raw bodies in memory, multipart files spooled
+# to temporary files past 1 MB each); never less than one largest request.
+DEFAULT_UPLOAD_BUDGET = 256 * 1024 * 1024
 MAX_JSON_BYTES = 256 * 1024  # a JSON body holds URLs, never image data
 DEFAULT_API_TIMEOUT = 30.0
 DEFAULT_TOP_K = 5

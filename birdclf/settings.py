@@ -18,6 +18,7 @@ from .constants import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PIXELS,
     DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_UPLOAD_BUDGET,
     DEFAULT_URL_TIMEOUT,
     ENV_ALLOW_PRIVATE_URLS,
     ENV_API_KEY,
@@ -34,6 +35,7 @@ from .constants import (
     ENV_MODEL,
     ENV_REQUEST_TIMEOUT,
     ENV_THREADS,
+    ENV_UPLOAD_BUDGET,
     ENV_URL_TIMEOUT,
     ENV_WEIGHTS_URL,
 )
@@ -113,6 +115,7 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # BIRDCLF_MAX_PIXELS: largest image, width x height
     max_images: int = DEFAULT_MAX_IMAGES  # BIRDCLF_MAX_IMAGES: most images in one request
     decode_memory: int = DEFAULT_DECODE_MEMORY  # BIRDCLF_DECODE_MEMORY: bytes of pixels decoded at once, all requests
+    upload_budget: int = DEFAULT_UPLOAD_BUDGET  # BIRDCLF_UPLOAD_BUDGET: bytes of bodies held at once, all requests
     url_timeout: float = DEFAULT_URL_TIMEOUT  # BIRDCLF_URL_TIMEOUT: seconds for all image URLs of one request
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # BIRDCLF_REQUEST_TIMEOUT: seconds for one whole request
     allow_private_urls: bool = False  # BIRDCLF_ALLOW_PRIVATE_URLS: let URLs reach loopback/private hosts (tests)
@@ -141,6 +144,7 @@ class Settings:
             max_pixels=get(ENV_MAX_PIXELS, _positive(parse_size), DEFAULT_MAX_PIXELS),
             max_images=get(ENV_MAX_IMAGES, _positive(int, 0, 1000), DEFAULT_MAX_IMAGES),
             decode_memory=get(ENV_DECODE_MEMORY, _positive(parse_size), DEFAULT_DECODE_MEMORY),
+            upload_budget=get(ENV_UPLOAD_BUDGET, _positive(parse_size), DEFAULT_UPLOAD_BUDGET),
             url_timeout=get(ENV_URL_TIMEOUT, _positive(float, 0, 600), DEFAULT_URL_TIMEOUT),
             request_timeout=get(ENV_REQUEST_TIMEOUT, _positive(float, 0, 3600), DEFAULT_REQUEST_TIMEOUT),
             allow_private_urls=get(ENV_ALLOW_PRIVATE_URLS, parse_bool, False),

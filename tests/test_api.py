@@ -93,6 +93,58 @@ def test_bad_requests_get_json_errors(client, data, content_type, status, words)
     assert r.status_code == status and words in r.json()["error"] and r.json()["status"] == status
 
 
+@pytest.mark.parametrize("body", [
+    b'{"url": "http://example.org/a.jpg", "x": ' + b"1" * 5000 + b"}",  # int over Python's digit limit
+    b'{"url": "http://[::1/a.jpg"}', b'{"url": "http://[zz]/a.jpg"}', b'{"url": "http://a]/x"}',
+    b'{"url": "http://a..b/a.jpg"}', b'{"url": "http://' + b"a" * 64 + b'.com/x.jpg"}', b'{"url": "http://./"}',
+    b'{"url": "http://\\udcff/"}', b'{"url": "http://example.org:99999/a.jpg"}', b'{"url": "x", "a": "\xff"}',
+])
+def test_odd_json_and_urls_are_400_in_our_own_words(client, body, caplog):
+    """Each of these was a 500 with a traceback (bad ints, hosts Python cannot parse or encode) or echoed
+    Python's codec text."""
+    with caplog.at_level(logging.ERROR):
+        r = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["status"] == 400, r.text
+    assert not any(word in r.json()["error"] for word in ("codec", "Port out of range", "Traceback", "idna"))
+    assert not [rec for rec in caplog.records if rec.exc_info], "a traceback was logged for a client error"
+
+
+@pytest.mark.parametrize("query", ["top_k=%EF%BC%95", "top_k=%D9%A3", "top_k=1_0", "top_k=3.0", "top_k=0x3"])
+def test_top_k_is_ascii_digits_only(client, query):
+    r = client.post(f"/api/predict?{query}", content=make_image(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+
+
+def test_multipart_errors_are_in_our_own_words(client):
+    fields = "".join(f'--x\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nv\r\n' for i in range(20))
+    r = client.post("/api/predict", content=(fields + "--x--\r\n").encode(),
+                    headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "form fields" in r.json()["error"]
+    big = b'--x\r\nContent-Disposition: form-data; name="note"\r\n\r\n' + b"v" * 70_000 + b"\r\n--x--\r\n"
+    r = client.post("/api/predict", content=big, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "form field" in r.json()["error"] and "Part exceeded" not in r.json()["error"]
+    nameless = b'--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n'
+    r = client.post("/api/predict", content=nameless, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "malformed multipart" in r.json()["error"]
+    assert "Content-Disposition" not in r.json()["error"]
+
+
+def test_trailing_slash_is_the_same_route_not_a_redirect(client):
+    r = client.get("/api/health/", follow_redirects=False)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    r = client.post("/api/predict/", content=make_image(), headers={"Content-Type": "image/jpeg"},
+                    follow_redirects=False)
+    assert r.status_code == 200 and r.json()["predictions"]
+
+
+def test_log_lines_escape_control_characters(client, caplog):
+    with caplog.at_level(logging.INFO, logger="birdclf.serving.requests"):
+        client.get("/x%0d%0a2026-12-01 INFO birdclf.serving.requests: FORGED")
+    lines = [r.getMessage() for r in caplog.records if r.name == "birdclf.serving.requests"]
+    assert lines and all("\r" not in line and "\n" not in line for line in lines)
+    assert any("\\x0d\\x0a" in line for line in lines)
+
+
 def test_truncated_jpeg_is_400_without_library_text(client):
     data = make_image(300, 300, quality=95)
     r = client.post("/api/predict", content=data[: len(data) // 3], headers={"Content-Type": "image/jpeg"})
@@ -309,3 +361,7 @@ def test_private_urls_refused_by_default(birdclf_home, image_host):
         for url in (image_host + "/bird.jpg", "http://169.254.169.254/latest/meta-data", "http://[::1]/x"):
             r = c.post("/api/predict", json={"url": url})
             assert r.status_code == 400 and "refused" in r.json()["error"], url
+            assert "127.0.0.1" not in r.json()["error"] and "169.254" not in r.json()["error"]  # no address echoed
+        r = c.post("/api/predict", json={"url": "http://no-such-host.invalid/x.jpg"})
+        assert r.status_code == 400 and r.json()["error"] == c.post(
+            "/api/predict", json={"url": "http://127.0.0.1/x.jpg"}).json()["error"]  # no oracle for internal names

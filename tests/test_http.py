@@ -92,7 +92,7 @@ def reference(starter_onnx):
 def hardened(birdclf_home):
     """A server with a 3 s request deadline and small limits, for the attacks."""
     env = {"BIRDCLF_MAX_BYTES": "2MB", "BIRDCLF_MAX_PIXELS": "4000000", "BIRDCLF_MAX_IMAGES": "4",
-           "BIRDCLF_REQUEST_TIMEOUT": "3"}
+           "BIRDCLF_REQUEST_TIMEOUT": "3", "BIRDCLF_UPLOAD_BUDGET": "4MB"}  # budget: one largest body (9 MB)
     with api_process(birdclf_home, env) as server:
         yield server
 
@@ -218,6 +218,93 @@ def test_slow_body_gets_408(hardened):
     assert time.monotonic() - started < 6  # the 3 s request deadline
 
 
+def _post_headers(port: int, length: int = 1000) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                 b"Content-Length: %d\r\n\r\n" % length)
+    return sock
+
+
+def test_stalled_uploads_do_not_block_other_requests(hardened):
+    """12 uploads that send their headers and then nothing (more than the 8 work places of a 2-core server):
+    probes and other clients are still answered at once; the stalled ones get their 408."""
+    port = port_of(hardened.base)
+    socks = [_post_headers(port) for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert call(f"{hardened.base}/health")[0] == 200
+        status, body, _ = call(f"{hardened.base}/predict", make_image(), headers={"Content-Type": "image/jpeg"})
+        assert status == 200 and body["predictions"], body
+        assert time.monotonic() - started < 2.0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_bodies_in_flight_share_one_budget(hardened):
+    """Four uploads of 1.9 MB held open use the 9 MB upload budget: a fifth gets a JSON 503 with Retry-After at
+    once instead of more memory; once they end, uploads are accepted again."""
+    port = port_of(hardened.base)
+    held = []
+    try:
+        for _ in range(4):
+            sock = _post_headers(port, 2_000_000)
+            sock.sendall(b"\0" * 1_900_000)
+            held.append(sock)
+        time.sleep(0.3)
+        started = time.monotonic()
+        sock = _post_headers(port, 2_000_000)
+        sock.sendall(b"\0" * 1_900_000)
+        sock.settimeout(5)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"retry-after" in answer.lower() and "uploads at once" in json_body(answer)["error"]
+        assert time.monotonic() - started < 2.0
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    status, _, _ = call(f"{hardened.base}/predict", make_image(), headers={"Content-Type": "image/jpeg"})
+    assert status == 200
+
+
+def test_tiny_chunks_are_refused(hardened):
+    """A body of 1-byte chunks costs a parse each (one such client slowed every other request): after 1024 tiny
+    pieces it gets a JSON 400 and the connection closes; the server stays responsive."""
+    port = port_of(hardened.base)
+    head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        sock.settimeout(0.05)
+        for _ in range(100):  # 100 x 50 one-byte chunks, at most ~5 s
+            try:
+                sock.sendall(b"1\r\na\r\n" * 50)
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if b"}" in answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 400") and "pieces" in json_body(answer)["error"], answer[:300]
+    assert time.monotonic() - started < 10
+    started = time.monotonic()
+    assert call(f"{hardened.base}/health")[0] == 200 and time.monotonic() - started < 1.0
+
+
 def test_idle_connection_flood_is_bounded(hardened):
     """520 idle connections: past the 512 cap new ones get a JSON 503 at once; no thread per connection; the
     idle ones are closed by the header deadline and service resumes."""
@@ -253,7 +340,7 @@ def test_many_empty_multipart_parts_are_cheap(hardened):
     started = time.monotonic()
     status, answer, _ = call(f"{hardened.base}/predict", fields,
                              headers={"Content-Type": "multipart/form-data; boundary=b"})
-    assert status == 400 and time.monotonic() - started < 3
+    assert status == 413 and "form fields" in answer["error"] and time.monotonic() - started < 3
 
 
 def test_malformed_request_line_gets_json(hardened):
@@ -271,20 +358,46 @@ def test_every_request_is_logged(hardened):
     assert "serving starter-imagenet-birds-lite0 version " in log and "ready in" in log
 
 
-def test_memory_is_bounded_for_huge_pngs(birdclf_home):
-    """Four 49 Mpx RGBA PNGs at once (each 196 MB decoded; the old server reached 3.8 GB): peak stays bounded."""
+def _encoded(img: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def test_memory_is_bounded_for_huge_and_odd_images(birdclf_home):
+    """Sent four at a time: 49 Mpx RGBA PNGs (196 MB decoded each; the old server reached 3.8 GB for four),
+    progressive 49 Mpx JPEGs (libjpeg keeps every coefficient: 150 MB each whatever the draft size), and strips of
+    a few KB with extreme aspect ratios (a 65500x1 JPEG once resized to 256 x 16.8M pixels: 17 GB). Peak memory
+    stays bounded, every answer comes in time, and images the decode budget cannot hold get a 413 at once."""
     arr = np.zeros((7000, 7000, 4), np.uint8)
     arr[::50, :, :] = 200
     arr[..., 3] = 255
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG", compress_level=1)
+    png = _encoded(Image.fromarray(arr), "PNG", compress_level=1)
     del arr
-    png = buf.getvalue()
+    texture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    big = texture.resize((7000, 7000))
+    progressive = _encoded(big, "JPEG", progressive=True, quality=60)
+    over_budget = {"CMYK progressive JPEG": _encoded(big.convert("CMYK"), "JPEG", progressive=True, quality=60),
+                   "WebP": _encoded(big, "WEBP", quality=40)}
+    del big
+    strips = [_encoded(Image.new("L", (65500, 1), 90), "JPEG"), _encoded(Image.new("L", (1, 7000), 90), "JPEG"),
+              _encoded(Image.new("L", (20, 50000), 90), "PNG"), _encoded(Image.new("RGB", (10, 100000)), "PNG")]
+    batches = {"png": [(png, "image/png")] * 4, "progressive": [(progressive, "image/jpeg")] * 4,
+               "strips": [(data, "image/png") for data in strips]}
     with api_process(birdclf_home, {"BIRDCLF_THREADS": "2"}) as server:
         before = peak_rss_mb(server.proc.pid)
-        with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: call(f"{server.base}/predict", png,
-                                                   headers={"Content-Type": "image/png"}), range(4)))
+        for name, batch in batches.items():
+            started = time.monotonic()
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda item: call(f"{server.base}/predict", item[0],
+                                                          headers={"Content-Type": item[1]}), batch))
+            elapsed = time.monotonic() - started
+            assert all(status == 200 for status, _, _ in answers), (name, [a[1] for a in answers])
+            assert elapsed < 25, f"{name}: {elapsed:.1f} s"
+        for name, data in over_budget.items():
+            started = time.monotonic()
+            status, body, _ = call(f"{server.base}/predict", data, headers={"Content-Type": "image/jpeg"})
+            assert status == 413 and "decode budget" in body["error"], (name, body)
+            assert time.monotonic() - started < 2
         peak = peak_rss_mb(server.proc.pid)
-    assert all(status == 200 for status, _, _ in answers), [a[1] for a in answers]
     assert peak - before < 450, f"peak {peak:.0f} MB, {peak - before:.0f} MB over the idle server"

@@ -22,9 +22,8 @@ from ..config import ModelConfig
 from ..constants import ALLOWED_FORMATS
 from ..errors import BusyError, EmptyImageError, ImageTooLargeError, InvalidImageError
 
-__all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "return_freed_memory_to_os", "load_image",
-           "reduce_factor",
-           "resize_center_crop", "normalize", "preprocess"]
+__all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "decode_cost", "return_freed_memory_to_os",
+           "load_image", "reduce_factor", "resize_center_crop", "normalize", "preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +36,12 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _STRIP_BYTES = 8 * 1024 * 1024  # rows converted at a time when a large image is reduced
+# Bytes a decoder holds per pixel of the full image, measured (Pillow 12, peak RSS of one decode): progressive JPEG
+# keeps every DCT coefficient, 2 bytes per component, whatever the draft size (RGB 4:2:0 measured 3.0, CMYK 7.7);
+# WebP decodes to RGBA and copies it (15.4).
+_PROGRESSIVE_JPEG_BYTES_PER_COMPONENT = 2
+_WEBP_BYTES_PER_PIXEL = 16
+_MAX_RESIZED_ASPECT = 4  # beyond this long/short ratio only the centre crop's region is resized (bounded memory)
 _BUDGET_WAIT_S = 30.0  # longest wait for decode memory before answering "busy"
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -138,6 +143,20 @@ def _bytes_per_pixel(mode: str) -> int:
     return 4
 
 
+def decode_cost(img: Image.Image, full_size: tuple[int, int]) -> int:
+    """Bytes that decoding `img` (opened, possibly drafted to a smaller size) will hold at its peak."""
+    width, height = full_size
+    if img.format == "WEBP":
+        return width * height * _WEBP_BYTES_PER_PIXEL
+    drafted = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode)
+    if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or img.info.get("progression")):
+        layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * len(img.getbands())
+        h_max, v_max = max(layer[1] for layer in layers) or 1, max(layer[2] for layer in layers) or 1
+        coefficients = sum(-(-width * layer[1] // h_max) * -(-height * layer[2] // v_max) for layer in layers)
+        return coefficients * _PROGRESSIVE_JPEG_BYTES_PER_COMPONENT + drafted
+    return drafted
+
+
 def _to_rgb(img: Image.Image, scale_max: float | None = None) -> Image.Image:
     """Convert any mode to RGB; transparent areas become white, not black; 16/32-bit scaled to 8-bit."""
     if img.mode == "RGB":
@@ -203,8 +222,14 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
                 scale = min(width, height) / (2 * min_short_side)
                 img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB",
                           (max(1, int(width / scale)), max(1, int(height / scale))))
-            cost = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode)
-            with (budget or decode_budget()).reserve(cost):
+            budget = budget or decode_budget()
+            cost = decode_cost(img, (width, height))
+            if cost > budget.capacity:
+                raise ImageTooLargeError(
+                    f"image is too large to decode here: this {width}x{height} {img.format} needs about "
+                    f"{cost >> 20} MiB, over the server's decode budget of {budget.capacity >> 20} MiB; send a "
+                    "smaller image")
+            with budget.reserve(cost):
                 img.load()
                 factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
                 factor = factor if factor >= 2 else 1
@@ -215,8 +240,7 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image has too many pixels (over Pillow's limit of {Image.MAX_IMAGE_PIXELS})") \
-            from exc
+        raise ImageTooLargeError(f"image has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError(f"not a readable image (supported: {', '.join(ALLOWED_FORMATS)})") from exc
     except MemoryError as exc:
@@ -247,10 +271,16 @@ def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int,
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = resize_size, int(resize_size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) != (width, height):
-        img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
     top = int(round((new_h - crop_size) / 2.0))
     left = int(round((new_w - crop_size) / 2.0))
+    if new_long > _MAX_RESIZED_ASPECT * max(resize_size, crop_size):
+        # A strip of 1x65500 pixels would resize to 256x16.8M (17 GB): resize only the crop's region of the source
+        # (the same sampling grid; values may differ by a grey level from resizing the whole image).
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+        return img.resize((crop_size, crop_size), _RESAMPLE[interpolation], box=box)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
     return img.crop((left, top, left + crop_size, top + crop_size))
 
 

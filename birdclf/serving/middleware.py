@@ -1,17 +1,21 @@
-"""The ASGI guard around the API: body size cap (chunked bodies too), one deadline per request, a bound on
-requests in flight, CORS, a JSON answer for every failure, and one log line per request."""
+"""The ASGI guard around the API: body size cap (chunked bodies too), a budget over the bodies of all requests in
+flight, one deadline per request, CORS, a JSON answer for every failure, and one log line per request (with
+control characters escaped)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
 
-__all__ = ["BodyTooLarge", "RequestGuard", "json_error", "send_json"]
+from ..errors import BirdclfError, BusyError
+
+__all__ = ["BodyTooLarge", "BodyBudget", "RequestGuard", "json_error", "send_json", "printable"]
 
 logger = logging.getLogger("birdclf.serving.requests")
 
@@ -22,8 +26,43 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+_MAX_LOGGED_PATH = 200
+
+
+class BodyTooLarge(BirdclfError):
     """The request body passed the cap while it was being read."""
+
+    status = 413
+
+
+class BodyBudget:
+    """Bytes of request bodies held by all requests in flight (memory or spooled files); never waits: a request
+    whose next piece does not fit is answered 503 at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, int(capacity))
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        """Hold `nbytes` more, if they fit."""
+        with self._lock:
+            if self.in_use + nbytes > self.capacity:
+                return False
+            self.in_use += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        """Release what a finished request held."""
+        with self._lock:
+            self.in_use = max(0, self.in_use - nbytes)
+
+
+def printable(text: str, limit: int = _MAX_LOGGED_PATH) -> str:
+    """`text` safe for one log line: control and non-ASCII characters escaped, cut to `limit`."""
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in out)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
 
 
 def json_error(status: int, message: str) -> bytes:
@@ -49,15 +88,13 @@ def _header(scope: Scope, name: bytes) -> str:
 class RequestGuard:
     """Wraps the API app: every request is bounded in body bytes, time and concurrency, and always answered."""
 
-    def __init__(self, app: ASGIApp, max_body: int, timeout: float, max_in_flight: int, queue_timeout: float,
+    def __init__(self, app: ASGIApp, max_body: int, timeout: float, body_budget: BodyBudget,
                  cors_origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_body = max_body
         self.timeout = timeout
-        self.queue_timeout = queue_timeout
+        self.body_budget = body_budget
         self.cors_origins = set(cors_origins)
-        self.max_in_flight = max_in_flight
-        self._slots: anyio.Semaphore | None = None
 
     def _cors(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         origin = _header(scope, b"origin").rstrip("/")
@@ -75,18 +112,27 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._slots is None:
-            self._slots = anyio.Semaphore(self.max_in_flight)
         started = time.perf_counter()
-        state: dict[str, Any] = {"status": 0, "sent": False, "body_done": False, "received": 0}
+        state: dict[str, Any] = {"status": 0, "sent": False, "body_done": False, "received": 0, "held": 0,
+                                 "disconnected": False}
+        path = scope.get("path", "")
+        if len(path) > 1 and path.endswith("/"):  # /api/health/ is /api/health (no redirect built from Host)
+            scope = dict(scope, path=path.rstrip("/") or "/")
         cors = self._cors(scope)
 
         async def guarded_receive() -> Message:
             message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
+            if message["type"] == "http.disconnect":
+                state["disconnected"] = True
+            elif message["type"] == "http.request":
+                size = len(message.get("body", b""))
+                state["received"] += size
                 if state["received"] > self.max_body:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(f"request body is over the {self.max_body}-byte limit")
+                if size and not self.body_budget.take(size):
+                    raise BusyError("the server is receiving too many uploads at once; please try again in a few "
+                                    "seconds")
+                state["held"] += size
                 if not message.get("more_body", False):
                     state["body_done"] = True
             return message
@@ -107,18 +153,10 @@ class RequestGuard:
             if length.isdigit() and int(length) > self.max_body:
                 await fail(413, f"request body is {length} bytes, over the {self.max_body}-byte limit")
                 return
-            with anyio.move_on_after(self.queue_timeout) as queued:
-                await self._slots.acquire()
-            if queued.cancelled_caught:
-                await fail(503, "the server is busy; please try again in a few seconds", [(b"retry-after", b"5")])
-                return
-            try:
-                with anyio.fail_after(max(0.1, self.timeout - (time.perf_counter() - started))):
-                    await self.app(scope, guarded_receive, tracked_send)
-            finally:
-                self._slots.release()
-        except BodyTooLarge:
-            await fail(413, f"request body is over the {self.max_body}-byte limit")
+            with anyio.fail_after(self.timeout):
+                await self.app(scope, guarded_receive, tracked_send)
+        except BirdclfError as exc:  # raised by guarded_receive outside the app's own handlers
+            await fail(exc.status, str(exc), [(b"retry-after", b"5")] if isinstance(exc, BusyError) else None)
         except TimeoutError:
             if state["body_done"] or scope["method"] in ("GET", "HEAD", "OPTIONS"):
                 await fail(503, f"the request took longer than {self.timeout:g} s; please try again")
@@ -126,9 +164,13 @@ class RequestGuard:
                 await fail(408, f"the request body did not arrive within {self.timeout:g} s",
                            [(b"connection", b"close")])
         except Exception:
-            logger.exception("unexpected error on %s %s", scope["method"], scope.get("path"))
+            if state["disconnected"]:  # the client went away (or was cut off) mid-request: nobody to answer
+                logger.info("client disconnected during %s %s", printable(scope["method"], 16), printable(path))
+                return
+            logger.exception("unexpected error on %s %s", printable(scope["method"], 16), printable(path))
             await fail(500, "internal error; it has been logged")
         finally:
+            self.body_budget.give(state["held"])
             images = (scope.get("state") or {}).get("images", "-")
-            logger.info("%s %s %s images=%s bytes=%d %.1f ms", scope["method"], scope.get("path"), state["status"],
-                        images, state["received"], (time.perf_counter() - started) * 1000.0)
+            logger.info("%s %s %s images=%s bytes=%d %.1f ms", printable(scope["method"], 16), printable(path),
+                        state["status"], images, state["received"], (time.perf_counter() - started) * 1000.0)

@@ -37,15 +37,16 @@ def available_cpus() -> int:
 
 def check_top_k(top_k: Any) -> int:
     """Validate k: an integer (or its text) from 1 to MAX_TOP_K."""
-    if isinstance(top_k, (bool, float)) or top_k is None:
-        k = -1
+    if isinstance(top_k, int) and not isinstance(top_k, bool):
+        k = top_k
+    elif isinstance(top_k, str) and 0 < len(top_k.strip()) <= 3 and top_k.strip().isascii() \
+            and top_k.strip().isdigit():
+        k = int(top_k.strip())  # ASCII digits only: not "５", "1_0" or "3.0"
     else:
-        try:
-            k = int(str(top_k).strip())
-        except ValueError:
-            k = -1
+        k = -1
     if not 1 <= k <= MAX_TOP_K:
-        raise BirdclfError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        shown = repr(top_k) if len(repr(top_k)) <= 40 else repr(top_k)[:37] + "..."
+        raise BirdclfError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {shown}")
     return k
 
 

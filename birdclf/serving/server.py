@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import h11
@@ -13,7 +14,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..constants import DEFAULT_FUNCTION_PORT, DEFAULT_HOST
 
-__all__ = ["GuardedH11Protocol", "serve", "uvicorn_config", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS", "BACKLOG"]
+__all__ = ["GuardedH11Protocol", "serve", "uvicorn_config", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS", "BACKLOG",
+           "MAX_TINY_PIECES", "MIN_MEAN_PIECE"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,24 @@ HEADER_TIMEOUT_S = 10.0  # a connection must deliver a request's headers within 
 MAX_CONNECTIONS = 512  # open connections beyond this get a JSON 503 and are closed
 LINGER_S = 2.0  # after an early answer (413...), the rest of the body is read and dropped this long, then close
 LINGER_BYTES = 8 * 1024 * 1024  # ... or until this much more arrived
+MAX_TINY_PIECES = 1024  # body pieces (chunks) a request may send before their mean size is checked...
+MIN_MEAN_PIECE = 256  # ... which must then be at least this many bytes: 1-byte chunks cost a parse each
 BACKLOG = 2048
 KEEP_ALIVE_S = 5
+
+
+_refusals = {"count": 0, "logged_at": float("-inf")}
+_REFUSAL_LOG_EVERY_S = 10.0
+
+
+def _log_refusal(open_connections: int, limit: int) -> None:
+    """One warning per 10 s however many connections are refused (a flood must not flood the log too)."""
+    _refusals["count"] += 1
+    now = time.monotonic()
+    if now - _refusals["logged_at"] >= _REFUSAL_LOG_EVERY_S:
+        logger.warning("refused %d connection(s) since the last such warning: %d open connections (limit %d)",
+                       _refusals["count"], open_connections, limit)
+        _refusals.update(count=0, logged_at=now)
 
 
 def _raw_json_response(status: int, reason: bytes, message: str) -> bytes:
@@ -80,15 +98,33 @@ class GuardedH11Protocol(H11Protocol):
         self._linger_left: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._lingering = _LingeringTransport(transport, self)
+        self._pieces = [0, 0]  # body pieces and bytes of the current request
+        self._refusal: str | None = None
         super().connection_made(self._lingering)  # type: ignore[arg-type]
+        self.conn.next_event = self._counted(self.conn.next_event)  # type: ignore[method-assign]
         if len(self.connections) > self.max_connections:
-            logger.warning("connection refused: %d open connections (limit %d)", len(self.connections),
-                           self.max_connections)
+            _log_refusal(len(self.connections), self.max_connections)
             transport.write(_raw_json_response(503, b"Service Unavailable",
                                                "too many open connections; please try again shortly"))
             self._lingering.abort_now()
             return
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout)
+
+    def _counted(self, next_event: Any) -> Any:
+        """h11's next_event, refusing a body that comes in too many tiny pieces (each costs a parse and an event)."""
+        def counted() -> Any:
+            event = next_event()
+            if isinstance(event, h11.Request):
+                self._pieces = [0, 0]
+            elif isinstance(event, h11.Data):
+                self._pieces[0] += 1
+                self._pieces[1] += len(event.data)
+                if self._pieces[0] > MAX_TINY_PIECES and self._pieces[1] < MIN_MEAN_PIECE * self._pieces[0]:
+                    self._refusal = (f"request body arrived in over {MAX_TINY_PIECES} pieces of under "
+                                     f"{MIN_MEAN_PIECE} bytes on average; send it in larger chunks")
+                    raise h11.RemoteProtocolError(self._refusal)
+            return event
+        return counted
 
     def _header_timeout(self) -> None:
         """No complete request line and headers in time: close (slow-header attacks hold no connection)."""
@@ -143,7 +179,7 @@ class GuardedH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """A malformed request (bad chunk size, bad header...) gets a JSON 400, then the connection closes."""
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.transport.is_closing():
-            self.transport.write(_raw_json_response(400, b"Bad Request", "malformed HTTP request"))
+            self.transport.write(_raw_json_response(400, b"Bad Request", self._refusal or "malformed HTTP request"))
         self._lingering.abort_now()
 
 

@@ -23,6 +23,7 @@ from .. import __version__
 from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MAX_TOP_K
 from ..errors import (
     BirdclfError,
+    BusyError,
     EmptyImageError,
     ImageTooLargeError,
     ModelNotFoundError,
@@ -31,7 +32,7 @@ from ..errors import (
 )
 from ..settings import Settings, get_settings
 from .imaging import return_freed_memory_to_os
-from .middleware import BodyTooLarge, RequestGuard
+from .middleware import BodyBudget, RequestGuard
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus, check_top_k
 from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse, UrlRequest
@@ -75,6 +76,25 @@ class PredictionService:
         self._lock = threading.Lock()
         self.model_limiter = anyio.CapacityLimiter(1)  # one model call at a time; it uses every core itself
         self.max_body = settings.max_bytes * settings.max_images + (1 << 20)
+        self.body_budget = BodyBudget(max(settings.upload_budget, self.max_body))  # one largest request always fits
+        self.max_in_flight = max(4, 4 * available_cpus())  # requests decoding or predicting; the rest wait
+        self.queue_timeout = min(10.0, settings.request_timeout)
+        self._work_slots: anyio.Semaphore | None = None
+
+    async def work_slot(self) -> None:
+        """Wait (up to queue_timeout) for one of max_in_flight places to decode and predict; BusyError if none.
+        Taken once the body is in, so that slow uploads hold no place."""
+        if self._work_slots is None:
+            self._work_slots = anyio.Semaphore(self.max_in_flight)
+        with anyio.move_on_after(self.queue_timeout):
+            await self._work_slots.acquire()
+            return
+        raise BusyError("the server is busy; please try again in a few seconds")
+
+    def release_work_slot(self) -> None:
+        """Give back the place taken by work_slot."""
+        if self._work_slots is not None:
+            self._work_slots.release()
 
     def load(self) -> None:
         """Load the model now (start-up); a failure is kept and reported by /api/health, never raised."""
@@ -155,9 +175,16 @@ class PredictionService:
         try:
             form = await parser.parse()
         except MultiPartException as exc:
-            if "too many files" in exc.message.lower():
+            text = exc.message.lower()
+            if "too many files" in text:
                 raise self._too_many("more than " + str(self.settings.max_images)) from exc
-            raise BirdclfError(f"malformed multipart/form-data body: {exc.message}") from exc
+            if "too many fields" in text:
+                raise ImageTooLargeError(f"more than {_MAX_FIELDS} form fields besides the files") from exc
+            if "exceeded maximum size" in text:
+                raise ImageTooLargeError(f"a form field (not a file) is over {_MAX_FIELD_BYTES // 1024} KB") from exc
+            logger.info("malformed multipart body: %s", exc.message)
+            raise BirdclfError("malformed multipart/form-data body (send files as form parts with a name, e.g. "
+                               "curl -F file=@bird.jpg)") from exc
         files: list[tuple[str, Any]] = []
         for index, (field, value) in enumerate(form.multi_items()):
             if isinstance(value, UploadFile) and value.size:
@@ -175,10 +202,14 @@ class PredictionService:
         body = await _read_body(request, MAX_JSON_BYTES, "JSON body")
         try:
             data = json.loads(body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BirdclfError(f"body is not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise BirdclfError(f"body is not valid JSON (line {exc.lineno}, column {exc.colno})") from exc
+        except UnicodeDecodeError as exc:
+            raise BirdclfError("body is not valid JSON: it is not UTF-8 text") from exc
         except RecursionError as exc:
             raise BirdclfError("body is not valid JSON: nested too deeply") from exc
+        except ValueError as exc:  # e.g. an integer of thousands of digits
+            raise BirdclfError("body is not valid JSON: a number in it is too long") from exc
         if not isinstance(data, dict) or not ("url" in data or "urls" in data):
             raise BirdclfError('JSON body must be {"url": "https://..."} or {"urls": [...]}')
         urls = data.get("urls") if "urls" in data else [data.get("url")]
@@ -203,19 +234,24 @@ class PredictionService:
         if isinstance(body, dict) and "top_k" in body and query_k == "":
             top_k = check_top_k(body["top_k"])
         request.state.images = len(images)
-        arrays = []
-        for name, item in images:
-            data = item if isinstance(item, bytes) else await item.read()
-            try:
-                arrays.append(await anyio.to_thread.run_sync(predictor.preprocess, data))
-            except BirdclfError as exc:
-                raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
-            finally:
-                if not isinstance(item, bytes):
-                    await item.close()
-            del data
-        predictions = await anyio.to_thread.run_sync(predictor.predict_arrays, arrays, top_k,
-                                                     limiter=self.model_limiter)
+        await self.work_slot()
+        try:
+            arrays = []
+            for index, (name, item) in enumerate(images):
+                data = item if isinstance(item, bytes) else await item.read()
+                try:  # a decode past the request deadline is left to finish in its thread (within the budget)
+                    arrays.append(await anyio.to_thread.run_sync(predictor.preprocess, data, abandon_on_cancel=True))
+                except BirdclfError as exc:
+                    raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
+                finally:
+                    images[index] = (name, b"")
+                    if not isinstance(item, bytes):
+                        await item.close()
+                del data, item
+            predictions = await anyio.to_thread.run_sync(predictor.predict_arrays, arrays, top_k,
+                                                         limiter=self.model_limiter)
+        finally:
+            self.release_work_slot()
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
                                                 for (name, _), p in zip(images, predictions)],
@@ -271,13 +307,13 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
         yield
 
     app = FastAPI(title="birdclf prediction API", version=__version__, lifespan=lifespan, redoc_url=None,
+                  redirect_slashes=False,
                   docs_url=f"{API_PREFIX}/docs", openapi_url=f"{API_PREFIX}/openapi.json",
                   description="Bird species from a photo. POST an image (raw body, multipart files, or JSON "
                               "with URLs) to /api/predict. Every error is JSON {error, status}.")
     app.state.service = service
     app.add_middleware(RequestGuard, max_body=service.max_body, timeout=settings.request_timeout,
-                       max_in_flight=max(4, 4 * available_cpus()), queue_timeout=min(10.0, settings.request_timeout),
-                       cors_origins=settings.cors_origins)
+                       body_budget=service.body_budget, cors_origins=settings.cors_origins)
 
     @app.post(f"{API_PREFIX}/predict", response_model=PredictResponse, responses=_ERROR_RESPONSES,
               openapi_extra=_PREDICT_OPENAPI, summary="Top-k species for one or more images")
@@ -317,11 +353,7 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
     async def birdclf_error(_: Request, exc: BirdclfError) -> JSONResponse:
         if exc.status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
-        return _error(413, f"request body is over the {service.max_body}-byte limit")
+        return _error(exc.status, str(exc), {"Retry-After": "5"} if isinstance(exc, BusyError) else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

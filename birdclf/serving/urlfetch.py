@@ -25,6 +25,8 @@ MAX_URL_LENGTH = 4096
 _CHUNK = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
+# One answer for "does not resolve" and "resolves to an internal address": no oracle for internal DNS names.
+_NOT_PUBLIC = "the URL's host does not resolve to a public internet address: refused"
 
 
 def check_address(address: str, allow_private: bool) -> None:
@@ -32,39 +34,44 @@ def check_address(address: str, allow_private: bool) -> None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
-    if not allow_private and (ip.is_private or ip.is_loopback or ip.is_link_local or not ip.is_global):
-        raise UrlFetchError(f"URL resolves to a private, loopback or link-local address ({ip}): refused")
-    if ip.is_unspecified or ip.is_multicast or (ip.is_reserved and not ip.is_loopback):
-        raise UrlFetchError(f"URL resolves to a refused address ({ip})")
+    refused = ip.is_unspecified or ip.is_multicast or (ip.is_reserved and not ip.is_loopback)
+    if refused or (not allow_private and (ip.is_private or ip.is_loopback or ip.is_link_local or not ip.is_global)):
+        logger.info("URL host resolves to %s: refused", ip)  # the address goes to the log, not to the client
+        raise UrlFetchError(_NOT_PUBLIC)
 
 
 def check_url(url: object) -> tuple[str, str, int, str, str]:
     """Validate a URL's form: (scheme, host, port, request target, Host header)."""
     if not isinstance(url, str) or not url.strip() or len(url) > MAX_URL_LENGTH:
         raise UrlFetchError(f"url must be a non-empty string of at most {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url.strip())
+    if any(c in url.strip() for c in "\r\n\t\x00 ") or not url.isprintable():
+        raise UrlFetchError("URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url.strip())
+        hostname = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed "[" in the host
+        raise UrlFetchError("URL is malformed (check the host part)") from exc
     if parts.scheme not in ("http", "https"):
-        raise UrlFetchError(f"only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
+        raise UrlFetchError(f"only http and https URLs are fetched, not {parts.scheme[:20] or 'no scheme'!r}")
+    if not hostname:
         raise UrlFetchError("URL has no host")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise UrlFetchError(f"bad port in URL: {exc}") from exc
-    if any(c in url for c in "\r\n\t\x00 "):
-        raise UrlFetchError("URL contains whitespace or control characters")
+        raise UrlFetchError("bad port in URL (expected 1-65535)") from exc
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, parts.hostname, port, target, parts.netloc.rsplit("@", 1)[-1]
+    return parts.scheme, hostname, port, target, parts.netloc.rsplit("@", 1)[-1]
 
 
 async def _resolve(host: str, port: int, allow_private: bool) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UrlFetchError(f"cannot resolve host {host!r}") from exc
+    except (socket.gaierror, UnicodeError, ValueError) as exc:  # no such name; or not a valid one ("a..b")
+        logger.info("cannot resolve %r: %s", host, exc)
+        raise UrlFetchError(_NOT_PUBLIC) from exc
     addresses = [info[4][0] for info in infos]
     if not addresses:
-        raise UrlFetchError(f"cannot resolve host {host!r}")
+        raise UrlFetchError(_NOT_PUBLIC)
     for address in addresses:  # every address must pass, or DNS could hand out a refused one later
         check_address(address, allow_private)
     return addresses[0]
@@ -129,7 +136,10 @@ async def _fetch(url: str, max_bytes: int, allow_private: bool) -> bytes:
         status, location, body = await _get_once(url, max_bytes, allow_private)
         if location is None:
             return body
-        url = urljoin(url, location)
+        try:
+            url = urljoin(url, location)
+        except ValueError as exc:
+            raise UrlFetchError("image URL redirected to a malformed URL") from exc
     raise UrlFetchError(f"image URL redirected more than {MAX_REDIRECTS} times")
 
 
