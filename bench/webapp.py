@@ -1,6 +1,7 @@
 """Visitor capacity of the web app: N visitors in real Chromium open the page, upload a phone-sized photo and get
-the answer; the total memory of Voila and its kernels is sampled throughout; visitor N+1 must get the busy page;
-closing the pages must free the kernels.
+the answer, one after another; then all N upload and identify at the same moment (a burst); the total memory of
+Voila and its kernels is sampled throughout, and the bytes each page sends its kernel are counted; visitor N+1
+must get the busy page; closing the pages must free the kernels.
 
 Run: .venv/bin/python -m bench.webapp [--visitors 10] [--model M]   (needs Debian's chromium)
 The Voila process runs as on the dyno (Procfile: MALLOC_MMAP_THRESHOLD_=131072, the repo's voila.json).
@@ -93,7 +94,10 @@ def main() -> None:
             for n in range(1, args.visitors + 1):
                 t = time.perf_counter()
                 page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()  # one person each
+                sent: list[int] = []
+                page.on("websocket", lambda ws, sent=sent: ws.on("framesent", lambda data: sent.append(len(data))))
                 page.goto(url, wait_until="networkidle", timeout=120_000)
+                before = sum(sent)
                 page.wait_for_selector("button.widget-upload", timeout=120_000)
                 with page.expect_file_chooser() as chooser:
                     page.click("button.widget-upload")
@@ -104,9 +108,27 @@ def main() -> None:
                 ok = page.locator(".bc-status .bc-done").count() == 1
                 pages.append(page)
                 rows.append({"visitors": n, "answered": ok, "seconds": time.perf_counter() - t,
+                             "uploaded_mb": (sum(sent) - before) / 1e6,
                              "total_pss_mb": sum(pss_mb(q) for q in family(voila.pid)),
                              "peak_so_far_mb": max(samples) if samples else 0.0})
                 print_table(rows[-1:], list(rows[-1]))
+            burst_from = len(samples)
+            t = time.perf_counter()
+            for page in pages:  # everyone at once: choose, then identify
+                with page.expect_file_chooser() as chooser:
+                    page.click("button.widget-upload")
+                chooser.value.set_files([str(photo)])
+            for page in pages:
+                page.wait_for_selector("text=ready", timeout=120_000)
+            for page in pages:
+                page.click("button:has-text('Identify')")
+            burst_ok = 0
+            for page in pages:
+                page.wait_for_selector(".bc-status .bc-done, .bc-status .bc-failed", timeout=120_000)
+                burst_ok += page.locator(".bc-status .bc-done").count()
+            burst = {"visitors": len(pages), "answered": burst_ok, "seconds": time.perf_counter() - t,
+                     "peak_mb": max(samples[burst_from:] or [0.0])}
+            print("burst:", burst)
             extra = browser.new_page()
             busy = extra.goto(url, timeout=60_000)
             busy_status = busy.status if busy else None
@@ -126,12 +148,14 @@ def main() -> None:
         voila.wait(15)
         stop(api)
     peak = max(samples) if samples else 0.0
-    print_table(rows, ["visitors", "answered", "seconds", "total_pss_mb", "peak_so_far_mb"])
+    print_table(rows, ["visitors", "answered", "seconds", "uploaded_mb", "total_pss_mb", "peak_so_far_mb"])
+    print(f"burst: {burst['visitors']} visitors uploading and identifying at once: {burst['answered']} answered in "
+          f"{burst['seconds']:.1f} s, peak {burst['peak_mb']:.0f} MB")
     print(f"Voila idle {idle:.0f} MB; {args.visitors} visitors: {rows[-1]['total_pss_mb']:.0f} MB, peak {peak:.0f} MB "
           f"(PSS, Voila + kernels); visitor {args.visitors + 1}: HTTP {busy_status}; after closing the pages "
           f"{kernels_left} kernels left after {freed_s:.1f} s")
     record = {"machine": machine(), "idle_mb": idle, "rows": rows, "peak_mb": peak, "extra_visitor_status": busy_status,
-              "kernels_left": kernels_left, "freed_s": freed_s, "photo_mb": photo.stat().st_size / 1e6,
+              "kernels_left": kernels_left, "freed_s": freed_s, "photo_mb": photo.stat().st_size / 1e6, "burst": burst,
               "fits_512_mb": peak < 512}
     print(f"wrote {write_json('webapp', record)}")
 

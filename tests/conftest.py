@@ -136,9 +136,10 @@ class ServerProcess:
 
 @contextlib.contextmanager
 def api_process(home: Path, env: dict | None = None, args: tuple[str, ...] = (), wait: bool = True,
-                python: str = sys.executable, cwd: str | os.PathLike | None = None) -> Iterator[ServerProcess]:
-    """`birdclf serve` (uvicorn) in its own process on a free loopback port, logging to a file."""
-    port = free_port()
+                python: str = sys.executable, cwd: str | os.PathLike | None = None,
+                port: int | None = None) -> Iterator[ServerProcess]:
+    """`birdclf serve` (uvicorn) in its own process on a loopback port (default: a free one), logging to a file."""
+    port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BIRDCLF_")}
     full_env.update({"BIRDCLF_HOME": str(home), "BIRDCLF_THREADS": "1", **(env or {})})
     log = Path(tempfile.mkstemp(prefix="birdclf-serve-", suffix=".log")[1])

@@ -245,6 +245,13 @@ def _choose(page, files: list[Path]) -> None:
     chooser.value.set_files([str(f) for f in files])
 
 
+def _sent_bytes(page) -> list[int]:
+    """Sizes of the websocket frames the page sends to its kernel (an upload travels in these)."""
+    sizes: list[int] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sizes.append(len(payload))))
+    return sizes
+
+
 def _status(page, timeout: float = 90_000) -> str:
     """The status line once identifying has finished."""
     page.wait_for_selector(".bc-status :text-matches('identified|went wrong')", timeout=timeout)
@@ -260,14 +267,24 @@ def _predict_count(server) -> int:
 @pytest.mark.browser
 def test_phone_three_verdicts_big_photo_and_a_non_image(browser, api, colour_photos):
     with voila_app(api.base) as (url, _):
-        page = _open(browser, url, {"width": 390, "height": 2600})  # tall: the whole page in one screenshot
-        assert page.locator("text=This test model knows 3 colours of bird.").count() == 1  # the coverage
+        page = browser.new_context(viewport={"width": 390, "height": 2600}).new_page()  # tall: one screenshot
+        sent = _sent_bytes(page)
+        page.goto(url, wait_until="networkidle", timeout=90_000)
+        page.wait_for_selector("button.widget-upload", timeout=90_000)
+        assert page.locator("text=This identifier knows 3 kinds of bird").count() == 1  # the coverage, in words
         assert page.locator("text=build_app").count() == 0  # no source shown
+        for button in ("button.widget-upload", "button:has-text('Identify')"):  # thumb-sized
+            assert page.locator(button).bounding_box()["height"] >= 44
+        before = sum(sent)
         _choose(page, [colour_photos[k] for k in ("red", "grey", "blue", "big", "text")])
         page.wait_for_selector("text=ready", timeout=60_000)
+        uploaded = sum(sent) - before
+        assert uploaded < 8e6, f"{uploaded / 1e6:.1f} MB sent for a 30 MB photo and three small ones"  # shrunk
         assert "notes.jpg" in page.locator(".bc-error").inner_text()  # named before anything is sent
+        assert "could not be read" in page.locator(".bc-status").inner_text()
         page.click("button:has-text('Identify')")
-        assert "4 photos identified" in _status(page)
+        status = _status(page)
+        assert "4 photos identified" in status and "1 file could not be read" in status
         cards = page.locator(".bc-result")
         assert cards.count() == 4
         text = {name: page.locator(".bc-result", has_text=f"{name}").inner_text()
@@ -281,8 +298,13 @@ def test_phone_three_verdicts_big_photo_and_a_non_image(browser, api, colour_pho
             b = box.bounding_box()
             if b:  # folded rows have no box
                 assert b["x"] >= 0 and b["x"] + b["width"] <= 390, b
+        card = page.locator(".bc-result", has_text="red-bird")
+        assert card.locator(".bc-headline").bounding_box()["y"] < card.locator(".bc-photo img").bounding_box()["y"]
         links = page.locator(".bc-result a[href*='wikipedia']")
         assert links.count() >= 3 and links.first.get_attribute("target") == "_blank"
+        for link in page.locator(".bc-row a").all():
+            box = link.bounding_box()
+            assert box is None or box["height"] >= 30, box  # folded rows have no box
         assert page.locator("text=Traceback").count() == 0
         _screenshot(page, "app_phone.png")
         page = _open(browser, url, {"width": 1200, "height": 1600})
@@ -323,6 +345,53 @@ def test_service_down_names_the_photo(browser, colour_photos):
         assert "red-bird.jpg" in text and "unreachable" in text and "try again" in text
         assert "failed" in status and "Done" not in status and "Traceback" not in page.content()
         _screenshot(page, "app_service_down.png")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_try_again_once_the_service_is_back(browser, verdict_model, colour_photos, tmp_path):
+    """The service is down: the card says so and Identify becomes 'Try again'; the service comes back: the same
+    photos are identified without choosing them again."""
+    port = free_port()
+    with voila_app(f"http://127.0.0.1:{port}/api") as (url, _):
+        page = _open(browser, url, PHONE)
+        _choose(page, [colour_photos["red"], colour_photos["blue"]])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        page.click("button:has-text('Identify')")
+        assert "failed" in _status(page) and "Try again" in page.locator(".bc-status").inner_text()
+        retry = page.locator("button:has-text('Try again')")
+        assert retry.count() == 1 and retry.is_enabled()
+        with api_process(tmp_path, args=("--model", str(verdict_model)), port=port):
+            retry.click()
+            page.wait_for_selector(".bc-status :text('Done: 2 photos identified.')", timeout=60_000)
+        assert page.locator(".bc-result").count() == 2 and page.locator(".bc-result-error").count() == 0
+        assert page.locator("button:has-text('Identify')").is_disabled()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_page_whose_kernel_was_culled_says_so(browser, api, colour_photos):
+    """Voila culls a kernel idle too long; the page then still looks alive but nothing would happen. It notices
+    (when it comes back into view, or within a minute) and offers a reload instead of silently doing nothing."""
+    with voila_app(api.base, "--CappedKernelManager.cull_idle_timeout=4",
+                   "--CappedKernelManager.cull_interval=1") as (url, proc):
+        page = _open(browser, url, PHONE)
+        assert page.locator(".bc-asleep").count() == 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and child_pids(proc.pid):
+            time.sleep(0.5)
+        assert child_pids(proc.pid) == [], "the idle kernel was not culled"
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # the visitor comes back
+        page.wait_for_selector(".bc-asleep", timeout=10_000)
+        assert "went to sleep" in page.locator(".bc-asleep").inner_text()
+        assert page.locator(".bc-asleep button:has-text('Reload')").bounding_box()["height"] >= 44
+        _choose(page, [colour_photos["red"]])
+        page.wait_for_timeout(1000)
+        assert "reload" in page.locator(".bc-status").inner_text().lower()  # not a silent "Sending..."
+        _screenshot(page, "app_asleep.png")
+        page.click(".bc-asleep button")
+        page.wait_for_selector("button.widget-upload", timeout=90_000)
+        assert page.locator(".bc-asleep").count() == 0
 
 
 @pytest.mark.slow

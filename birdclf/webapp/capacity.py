@@ -42,11 +42,14 @@ BUSY_PAGE = """<!doctype html>
 <style>
 body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f6f8fa;color:#222;margin:0}}
 main{{max-width:34em;margin:12vh auto;padding:2em;background:#fff;border:1px solid #ddd;border-radius:10px}}
-h1{{font-size:1.4em;margin-top:0}} a.button{{display:inline-block;margin-top:1em;padding:.6em 1.2em;background:#2a7ab0;
+h1{{font-size:1.4em;margin-top:0}} .site{{color:#57606a;margin:0 0 .4em}}
+a.button{{display:inline-flex;align-items:center;margin-top:1em;padding:0 1.2em;min-height:44px;background:#2a7ab0;
 color:#fff;border-radius:6px;text-decoration:none}}
+@media (max-width:600px){{main{{margin:8vh 12px;padding:1.2em}}}}
 </style></head>
 <body><main class="voila-busy">
-<h1>{title} is busy right now</h1>
+<p class="site">{title}</p>
+<h1>Sorry, we are busy right now</h1>
 <p>All {n} places are in use by other visitors. Please try again in a minute;
 this page tries again by itself in {retry} seconds.</p>
 <a class="button" href="">Try again</a>

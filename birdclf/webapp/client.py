@@ -22,7 +22,12 @@ MAX_PARALLEL = 4  # photos of one visitor in flight at once
 
 
 class AppError(Exception):
-    """A problem to show to the person using the page, in plain words."""
+    """A problem to show to the person using the page, in plain words; `retryable` when trying the same photo
+    again later may work (service down, busy or slow), not when the photo itself was refused."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass
@@ -71,13 +76,13 @@ class ApiClient:
             status, body = self._request(f"predict?{urlencode({'top_k': top_k})}", content, timeout)
         except TimeoutError as exc:
             raise AppError(f"{filename}: the bird identifier took longer than {timeout:g} s to answer. "
-                           "Please try again in a moment.") from exc
+                           "Please try again in a moment.", retryable=True) from exc
         except (OSError, ValueError) as exc:
             raise AppError(f"{filename}: the bird identifier service is unreachable right now. Please try again "
-                           "later.") from exc
+                           "later.", retryable=True) from exc
         if status == 200 and body.get("predictions"):
             return body["predictions"][0]
-        raise AppError(_message(status, filename))
+        raise AppError(_message(status, filename), retryable=status in (408, 429) or status >= 500)
 
     def predict_many(self, photos: list[tuple[str, bytes]], top_k: int = DEFAULT_TOP_K) -> list[dict | AppError]:
         """Every photo at once (MAX_PARALLEL in flight), all within one deadline of `timeout` seconds."""
@@ -90,11 +95,12 @@ class ApiClient:
         for (name, _), future in zip(photos, futures):
             if not future.done():
                 results.append(AppError(f"{name}: the bird identifier took longer than {self.timeout:g} s for all "
-                                        "the photos. Please try again with fewer photos."))
+                                        "the photos. Please try again with fewer photos.", retryable=True))
             elif isinstance(future.exception(), AppError):
                 results.append(future.exception())  # type: ignore[arg-type]
             elif future.exception() is not None:
-                results.append(AppError(f"{name}: something went wrong while sending it. Please try again."))
+                results.append(AppError(f"{name}: something went wrong while sending it. Please try again.",
+                                        retryable=True))
             else:
                 results.append(future.result())
         return results
@@ -103,7 +109,7 @@ class ApiClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AppError(f"{name}: the bird identifier took longer than {self.timeout:g} s for all the photos. "
-                           "Please try again with fewer photos.")
+                           "Please try again with fewer photos.", retryable=True)
         return self.predict(data, name, top_k, timeout=remaining)
 
 
