@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import SHARED, free_port, machine, percentile, print_table, write_json
@@ -125,25 +126,45 @@ def big_png() -> bytes:
     return buf.getvalue()
 
 
+def odd_images() -> dict[str, tuple[bytes, str]]:
+    """Images whose decoding or resizing once cost far more than their pixel count said: a progressive 49 Mpx
+    JPEG (libjpeg keeps every coefficient), and strips of a few KB with extreme aspect ratios (65500x1 was once
+    resized to 256 x 16.8M pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    def encoded(img: Image.Image, fmt: str, **options) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **options)
+        return buf.getvalue()
+
+    texture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    return {"progressive": (encoded(texture.resize((BIG_SIDE, BIG_SIDE)), "JPEG", progressive=True, quality=60),
+                            f"{BIG_SIDE}x{BIG_SIDE} progressive JPEG"),
+            "strip": (encoded(Image.new("L", (65500, 1), 90), "JPEG"), "65500x1 JPEG")}
+
+
 def memory(model: Path, image: bytes) -> list[dict]:
-    """Peak server memory (VmHWM) for one huge RGBA PNG, then for 8 sent at once, each on a fresh server."""
+    """Peak server memory (VmHWM) for one huge RGBA PNG, then for 8 sent at once, each on a fresh server; then 8
+    progressive 49 Mpx JPEGs and 8 extreme strips at once."""
     png = big_png()
+    odd = odd_images()
+    cases = [(1, png, "image/png", f"{BIG_SIDE}x{BIG_SIDE} RGBA PNG"), (8, png, "image/png",
+                                                                        f"{BIG_SIDE}x{BIG_SIDE} RGBA PNG")]
+    cases += [(8, data, "image/jpeg", what) for data, what in odd.values()]
     rows = []
-    for count in (1, 8):
+    for count, data, content_type, what in cases:
         port = free_port()
         proc, _ = start_server(model, port, image)
         try:
             idle = rss_mb(proc.pid, "VmRSS")
             t = time.perf_counter()
-            threads = [threading.Thread(target=post, args=(f"http://127.0.0.1:{port}/api/predict", png,
-                                                          "image/png")) for _ in range(count)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            rows.append({"images": f"{count} x {BIG_SIDE}x{BIG_SIDE} RGBA PNG ({len(png) / 1e6:.1f} MB file)",
-                         "idle_mb": idle, "peak_mb": rss_mb(proc.pid, "VmHWM"),
-                         "after_mb": rss_mb(proc.pid, "VmRSS"), "seconds": time.perf_counter() - t})
+            with ThreadPoolExecutor(count) as pool:
+                statuses = list(pool.map(lambda _, url=f"http://127.0.0.1:{port}/api/predict", body=data,
+                                         kind=content_type: post(url, body, kind), range(count)))
+            rows.append({"images": f"{count} x {what} ({len(data) / 1e6:.3g} MB file)", "idle_mb": idle,
+                         "peak_mb": rss_mb(proc.pid, "VmHWM"), "after_mb": rss_mb(proc.pid, "VmRSS"),
+                         "seconds": time.perf_counter() - t, "answered_200": statuses.count(200)})
         finally:
             stop(proc)
     return rows
@@ -253,7 +274,7 @@ def main() -> None:
     print(f"model {model}; photos: {'cub50 test' if SHARED.is_dir() else 'generated'}; cold start (process start "
           f"to first 200, median of 3): {cold_s:.2f} s")
     print_table(rows, ["clients", "requests", "req_s", "p50_ms", "p95_ms", "errors"])
-    print_table(mem, ["images", "idle_mb", "peak_mb", "after_mb", "seconds"])
+    print_table(mem, ["images", "idle_mb", "peak_mb", "after_mb", "seconds", "answered_200"])
     print_table(parse, ["body_mb", "one_file_ms_per_mb", "16kb_parts_ms_per_mb", "parts"])
     if size:
         print_table(size, ["route", "packages_mb", "code_mb", "model_mb", "total_mb"])
@@ -261,7 +282,7 @@ def main() -> None:
             print(f"  {row['route']}: " + ", ".join(f"{k} {v}" for k, v in row["by_package"].items()))
         print("  removed by --build:", size[-1]["removed_mb"])
     targets = {"cold start <= 1.0 s": cold_s <= 1.0, "0 errors": all(r["errors"] == 0 for r in rows),
-               "peak < 500 MB for 8 huge PNGs": mem[-1]["peak_mb"] < 500,
+               "peak < 500 MB for 8 huge PNGs": mem[1]["peak_mb"] < 500,
                "multipart < 50 ms/MB": all(max(r["one_file_ms_per_mb"], r["16kb_parts_ms_per_mb"]) < 50
                                            for r in parse)}
     if size:
