@@ -349,6 +349,34 @@ def test_service_down_names_the_photo(browser, colour_photos):
 
 @pytest.mark.slow
 @pytest.mark.browser
+def test_the_browser_sends_phone_photos_small_and_upright(browser, api, tmp_path):
+    """A 12 Mpx camera JPEG stored sideways (EXIF orientation 6), 5 MB: what travels to the kernel is about 2 Mpx,
+    upright, and the answer comes back."""
+    arr = np.random.default_rng(2).integers(0, 64, (3000, 4000, 3), dtype=np.uint8)
+    arr[..., 0] += 180  # red: a "Red Cardinal" for the colour model
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "IMG_0001.jpg"
+    Image.fromarray(arr).save(photo, quality=92, exif=exif.tobytes())
+    assert photo.stat().st_size > 4e6
+    with voila_app(api.base) as (url, _):
+        page = browser.new_context(viewport=PHONE).new_page()
+        sent = _sent_bytes(page)
+        page.goto(url, wait_until="networkidle", timeout=90_000)
+        page.wait_for_selector("button.widget-upload", timeout=90_000)
+        before = sum(sent)
+        _choose(page, [photo])
+        page.wait_for_selector("text=ready", timeout=60_000)
+        assert sum(sent) - before < 2e6, f"{(sum(sent) - before) / 1e6:.1f} MB sent for a 12 Mpx photo"
+        size = page.evaluate("(() => { const i = document.querySelector('.bc-photo img'); "
+                             "return [i.naturalWidth, i.naturalHeight]; })()")
+        assert size[1] > size[0], f"the thumbnail is {size}: the sideways photo was not turned upright"
+        page.click("button:has-text('Identify')")
+        assert "1 photo identified" in _status(page) and "Red Cardinal" in page.locator(".bc-result").inner_text()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
 def test_try_again_once_the_service_is_back(browser, verdict_model, colour_photos, tmp_path):
     """The service is down: the card says so and Identify becomes 'Try again'; the service comes back: the same
     photos are identified without choosing them again."""
