@@ -307,6 +307,16 @@ class _ImageHost(BaseHTTPRequestHandler):
                 pass
         elif self.path == "/big":
             self._send(200, b"x" * 2_500_000)
+        elif self.path == "/tiny":  # an endless body of 1-byte chunks: one parse each
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for _ in range(2000):
+                    self.wfile.write(b"1\r\nx\r\n" * 50)
+                    time.sleep(0.005)
+            except OSError:
+                pass
         else:
             self._send(404)
 
@@ -365,3 +375,49 @@ def test_private_urls_refused_by_default(birdclf_home, image_host):
         r = c.post("/api/predict", json={"url": "http://no-such-host.invalid/x.jpg"})
         assert r.status_code == 400 and r.json()["error"] == c.post(
             "/api/predict", json={"url": "http://127.0.0.1/x.jpg"}).json()["error"]  # no oracle for internal names
+
+
+def test_an_origin_sending_tiny_chunks_is_cut_off(client, image_host):
+    started = time.monotonic()
+    r = client.post("/api/predict", json={"url": image_host + "/tiny"})
+    assert r.status_code == 400 and "pieces" in r.json()["error"], r.text
+    assert time.monotonic() - started < 3
+
+
+def test_a_bad_top_k_is_refused_before_any_url_is_fetched(client, image_host):
+    started = time.monotonic()
+    r = client.post("/api/predict", json={"urls": [image_host + "/delayed"] * 4, "top_k": "abc"})
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+    assert time.monotonic() - started < 0.8  # /delayed takes 1 s
+
+
+def test_fetched_images_count_against_the_upload_budget(birdclf_home, image_host):
+    app = create_app(small_settings(birdclf_home, allow_private_urls=True))
+    with TestClient(app) as c:
+        budget = app.state.service.body_budget
+        budget.in_use = budget.capacity - 1000  # as if other requests held nearly all of it
+        r = c.post("/api/predict", json={"url": image_host + "/bird.jpg"})
+        assert r.status_code == 503 and "too many images" in r.json()["error"] and r.headers["Retry-After"]
+        assert budget.in_use == budget.capacity - 1000  # what the refused request took is given back
+        budget.in_use = 0
+        assert c.post("/api/predict", json={"url": image_host + "/bird.jpg"}).status_code == 200
+        assert budget.in_use == 0
+
+
+def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, monkeypatch):
+    """The client gets its answer at the deadline, but the decode left running still holds its work place and its
+    bytes: abandoned decodes cannot pile up beyond the limits."""
+    app = create_app(small_settings(birdclf_home, request_timeout=1.0))
+    with TestClient(app) as c:
+        service = app.state.service
+        c.get("/api/health")
+        original = service.predictor.preprocess
+        monkeypatch.setattr(service.predictor, "preprocess", lambda data: (time.sleep(2.5), original(data))[1])
+        started = time.monotonic()
+        r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 503 and time.monotonic() - started < 2.0
+        assert service._work_slots.value == service.max_in_flight - 1 and service.body_budget.in_use > 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and service._work_slots.value < service.max_in_flight:
+            time.sleep(0.1)
+        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0

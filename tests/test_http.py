@@ -343,6 +343,14 @@ def test_many_empty_multipart_parts_are_cheap(hardened):
     assert status == 413 and "form fields" in answer["error"] and time.monotonic() - started < 3
 
 
+def test_content_length_with_chunked_is_refused(hardened):
+    """Both framings in one request: a proxy in front could read it the other way (request smuggling)."""
+    answer = raw_exchange(port_of(hardened.base), b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg"
+                                                  b"\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                                  b"0\r\n\r\n", read_timeout=5)
+    assert answer.startswith(b"HTTP/1.1 400") and "Transfer-Encoding" in json_body(answer)["error"]
+
+
 def test_malformed_request_line_gets_json(hardened):
     answer = raw_exchange(port_of(hardened.base), b"NOT HTTP AT ALL\r\n\r\n", read_timeout=5)
     assert answer.startswith(b"HTTP/1.1 400") and json_body(answer) == {"error": "malformed HTTP request",

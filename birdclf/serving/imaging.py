@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..config import ModelConfig
 from ..constants import ALLOWED_FORMATS
 from ..errors import BusyError, EmptyImageError, ImageTooLargeError, InvalidImageError
+from .structure import FileFacts, precheck, tiff_buffer_bytes
 
 __all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "decode_cost", "return_freed_memory_to_os",
            "load_image", "reduce_factor", "resize_center_crop", "normalize", "preprocess"]
@@ -43,7 +44,8 @@ _PROGRESSIVE_JPEG_BYTES_PER_COMPONENT = 2
 _WEBP_BYTES_PER_PIXEL = 16
 _MAX_RESIZED_ASPECT = 4  # beyond this long/short ratio only the centre crop's region is resized (bounded memory)
 _BUDGET_WAIT_S = 30.0  # longest wait for decode memory before answering "busy"
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers
+_M_TRIM_THRESHOLD = -1
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,16 @@ def decode_budget() -> DecodeBudget:
     return _budget
 
 
-def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
+def return_freed_memory_to_os(threshold: int = 1 << 20, trim: int = 128 * 1024) -> bool:
     """glibc only: allocations of `threshold` bytes and more are mmapped, so a decoded photo's memory goes back to
-    the OS when freed instead of staying in one malloc arena per worker thread. Measured with 8 concurrent
-    49 Mpx PNGs: peak 1.05 GB and 0.98 GB kept afterwards without it; peak 0.39 GB and 0.15 GB kept with it."""
+    the OS when freed instead of staying in one malloc arena per worker thread, and free memory over `trim` bytes at
+    a heap's top is returned too (whatever GLIBC_TUNABLES says: the demo sets a huge trim threshold for torch).
+    Measured with 8 concurrent 49 Mpx PNGs: peak 1.05 GB and 0.98 GB kept afterwards without it; peak 0.39 GB and
+    0.15 GB kept with it."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                              int(trim)))
     except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to tune
         return False
 
@@ -143,18 +148,28 @@ def _bytes_per_pixel(mode: str) -> int:
     return 4
 
 
-def decode_cost(img: Image.Image, full_size: tuple[int, int]) -> int:
-    """Bytes that decoding `img` (opened, possibly drafted to a smaller size) will hold at its peak."""
+def decode_cost(img: Image.Image, full_size: tuple[int, int], facts: FileFacts | None = None,
+                factor: int = 1) -> int:
+    """Bytes that decoding `img` (opened, possibly drafted to a smaller size) holds at its peak: the decoder's own
+    buffers, the decoded image, and the RGB copy (and its upright copy) made from it at 1/`factor` size."""
     width, height = full_size
+    out = -(-img.size[0] // factor) * -(-img.size[1] // factor) * 4
+    big = img.size[0] * img.size[1] * 4 > 2 * _STRIP_BYTES
+    # Pillow finds a PNG's eXIf chunk only by decoding the pixels: count an upright copy when it is not known yet
+    turned = img.format == "PNG" and "exif" not in img.info or _orientation(img) != 1
+    copies = (out if (factor > 1 or big or img.mode != "RGB") else 0) + (out if turned else 0)
     if img.format == "WEBP":
-        return width * height * _WEBP_BYTES_PER_PIXEL
-    drafted = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode)
-    if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or img.info.get("progression")):
+        return width * height * _WEBP_BYTES_PER_PIXEL + copies
+    decoded = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode) + copies
+    buffered = facts is not None and facts.buffered_jpeg
+    if img.format in ("JPEG", "MPO") and (buffered or img.info.get("progressive") or img.info.get("progression")):
         layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * len(img.getbands())
         h_max, v_max = max(layer[1] for layer in layers) or 1, max(layer[2] for layer in layers) or 1
         coefficients = sum(-(-width * layer[1] // h_max) * -(-height * layer[2] // v_max) for layer in layers)
-        return coefficients * _PROGRESSIVE_JPEG_BYTES_PER_COMPONENT + drafted
-    return drafted
+        return coefficients * _PROGRESSIVE_JPEG_BYTES_PER_COMPONENT + decoded
+    if img.format == "TIFF":
+        return decoded + tiff_buffer_bytes(img)
+    return decoded
 
 
 def _to_rgb(img: Image.Image, scale_max: float | None = None) -> Image.Image:
@@ -210,6 +225,7 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            facts = precheck(data)  # parse bombs are refused before Pillow parses anything
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width * height > limits.max_pixels:
@@ -223,20 +239,22 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
                 img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB",
                           (max(1, int(width / scale)), max(1, int(height / scale))))
             budget = budget or decode_budget()
-            cost = decode_cost(img, (width, height))
+            factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
+            factor = factor if factor >= 2 else 1
+            cost = decode_cost(img, (width, height), facts, factor)
             if cost > budget.capacity:
                 raise ImageTooLargeError(
                     f"image is too large to decode here: this {width}x{height} {img.format} needs about "
                     f"{cost >> 20} MiB, over the server's decode budget of {budget.capacity >> 20} MiB; send a "
                     "smaller image")
-            with budget.reserve(cost):
+            with budget.reserve(cost):  # held until the upright RGB copy exists
                 img.load()
-                factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
-                factor = factor if factor >= 2 else 1
                 big = img.size[0] * img.size[1] * 4 > 2 * _STRIP_BYTES
                 rgb = _to_rgb_reduced(img, factor) if (factor > 1 or big) else _to_rgb(img)
                 orientation = _orientation(img)
                 del img
+                if orientation in _TRANSPOSE:
+                    rgb = rgb.transpose(_TRANSPOSE[orientation])
     except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -248,7 +266,7 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     except Exception as exc:  # Pillow raises many types on malformed files (OSError, SyntaxError, struct.error, ...)
         logger.debug("undecodable image: %s: %s", type(exc).__name__, exc)
         raise InvalidImageError("corrupt or truncated image: it could not be decoded") from exc
-    return rgb.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else rgb
+    return rgb
 
 
 def _orientation(img: Image.Image) -> int:

@@ -15,7 +15,8 @@ import anyio
 
 from ..errors import BirdclfError, BusyError
 
-__all__ = ["BodyTooLarge", "BodyBudget", "RequestGuard", "json_error", "send_json", "printable"]
+__all__ = ["BodyTooLarge", "BodyBudget", "RequestBytes", "RequestGuard", "json_error", "send_json", "printable",
+           "REQUEST_BYTES"]
 
 logger = logging.getLogger("birdclf.serving.requests")
 
@@ -56,6 +57,43 @@ class BodyBudget:
         """Release what a finished request held."""
         with self._lock:
             self.in_use = max(0, self.in_use - nbytes)
+
+
+REQUEST_BYTES = "birdclf_bytes"  # the key of a request's RequestBytes in the ASGI scope's state
+
+
+class RequestBytes:
+    """The bytes one request holds against the shared BodyBudget: its body, and the images fetched for it.
+    Given back when the request ends, or, when its decoding outlives it, when that decoding ends."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.held = 0
+        self._deferred = False
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        """Count `nbytes` more, if the shared budget has room."""
+        if not self.budget.take(nbytes):
+            return False
+        with self._lock:
+            self.held += nbytes
+        return True
+
+    def hold_past_request(self) -> Callable[[], None]:
+        """Keep counting these bytes after the request ends, until the returned function is called."""
+        self._deferred = True
+        return self._release
+
+    def finish(self) -> None:
+        """The request ended: give the bytes back unless something still holds them."""
+        if not self._deferred:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            nbytes, self.held = self.held, 0
+        self.budget.give(nbytes)
 
 
 def printable(text: str, limit: int = _MAX_LOGGED_PATH) -> str:
@@ -113,11 +151,13 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state: dict[str, Any] = {"status": 0, "sent": False, "body_done": False, "received": 0, "held": 0,
+        state: dict[str, Any] = {"status": 0, "sent": False, "body_done": False, "received": 0,
                                  "disconnected": False}
         path = scope.get("path", "")
         if len(path) > 1 and path.endswith("/"):  # /api/health/ is /api/health (no redirect built from Host)
             scope = dict(scope, path=path.rstrip("/") or "/")
+        held = RequestBytes(self.body_budget)
+        scope.setdefault("state", {})[REQUEST_BYTES] = held
         cors = self._cors(scope)
 
         async def guarded_receive() -> Message:
@@ -129,10 +169,9 @@ class RequestGuard:
                 state["received"] += size
                 if state["received"] > self.max_body:
                     raise BodyTooLarge(f"request body is over the {self.max_body}-byte limit")
-                if size and not self.body_budget.take(size):
+                if size and not held.take(size):
                     raise BusyError("the server is receiving too many uploads at once; please try again in a few "
                                     "seconds")
-                state["held"] += size
                 if not message.get("more_body", False):
                     state["body_done"] = True
             return message
@@ -150,6 +189,10 @@ class RequestGuard:
 
         length = _header(scope, b"content-length")
         try:
+            if length and _header(scope, b"transfer-encoding"):  # read one way here, another by a proxy: smuggling
+                await fail(400, "a request may not have both Content-Length and Transfer-Encoding",
+                           [(b"connection", b"close")])
+                return
             if length.isdigit() and int(length) > self.max_body:
                 await fail(413, f"request body is {length} bytes, over the {self.max_body}-byte limit")
                 return
@@ -170,7 +213,7 @@ class RequestGuard:
             logger.exception("unexpected error on %s %s", printable(scope["method"], 16), printable(path))
             await fail(500, "internal error; it has been logged")
         finally:
-            self.body_budget.give(state["held"])
+            held.finish()
             images = (scope.get("state") or {}).get("images", "-")
             logger.info("%s %s %s images=%s bytes=%d %.1f ms", printable(scope["method"], 16), printable(path),
                         state["status"], images, state["received"], (time.perf_counter() - started) * 1000.0)

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..settings import Settings, get_settings
 from .imaging import return_freed_memory_to_os
-from .middleware import BodyBudget, RequestGuard
+from .middleware import REQUEST_BYTES, BodyBudget, RequestGuard
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus, check_top_k
 from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse, UrlRequest
@@ -74,7 +74,7 @@ class PredictionService:
         self._load_error: BirdclfError | None = None
         self._failed_at = 0.0
         self._lock = threading.Lock()
-        self.model_limiter = anyio.CapacityLimiter(1)  # one model call at a time; it uses every core itself
+        self._model_lock = threading.Lock()  # one model call at a time: it uses every core itself
         self.max_body = settings.max_bytes * settings.max_images + (1 << 20)
         self.body_budget = BodyBudget(max(settings.upload_budget, self.max_body))  # one largest request always fits
         self.max_in_flight = max(4, 4 * available_cpus())  # requests decoding or predicting; the rest wait
@@ -92,9 +92,15 @@ class PredictionService:
         raise BusyError("the server is busy; please try again in a few seconds")
 
     def release_work_slot(self) -> None:
-        """Give back the place taken by work_slot."""
+        """Give back the place taken by work_slot (on the event loop's thread)."""
         if self._work_slots is not None:
             self._work_slots.release()
+
+    def _release_work_slot_from_thread(self) -> None:
+        try:
+            anyio.from_thread.run_sync(self.release_work_slot)
+        except RuntimeError:  # the event loop is gone (shutting down): nothing waits for the place any more
+            logger.debug("work place released after the event loop stopped")
 
     def load(self) -> None:
         """Load the model now (start-up); a failure is kept and reported by /api/health, never raised."""
@@ -219,8 +225,11 @@ class PredictionService:
             raise self._too_many(len(urls))
         for url in urls:
             check_url(url)
+        if "top_k" in data and request.query_params.get("top_k", "") == "":
+            check_top_k(data["top_k"])  # a bad request is refused before anything is fetched for it
+        held = getattr(request.state, REQUEST_BYTES, None)
         fetched = await fetch_urls(urls, self.settings.max_bytes, self.settings.url_timeout,
-                                   self.settings.allow_private_urls)
+                                   self.settings.allow_private_urls, take=held.take if held else None)
         return [(_short(url), body) for url, body in zip(urls, fetched)], data
 
     # -- predicting ------------------------------------------------------------------------------------
@@ -235,23 +244,50 @@ class PredictionService:
             top_k = check_top_k(body["top_k"])
         request.state.images = len(images)
         await self.work_slot()
+        held = getattr(request.state, REQUEST_BYTES, None)
+        release_bytes = held.hold_past_request() if held else (lambda: None)
+        phase = {"now": "waiting"}  # waiting -> running -> done, or waiting -> dropped (cancelled before it ran)
+        phase_lock = threading.Lock()
+
+        def work() -> list[Any]:
+            """Decode every image and run the model, in one worker thread. A decode still running at the request
+            deadline is left to finish (the client gets its answer), but its work place and its bytes are given
+            back only when it really ends: abandoned decodes cannot pile up past the limits."""
+            with phase_lock:
+                if phase["now"] == "dropped":
+                    return []
+                phase["now"] = "running"
+            try:
+                arrays = []
+                for index, (name, item) in enumerate(images):
+                    try:
+                        arrays.append(predictor.preprocess(item if isinstance(item, bytes) else item.file.read()))
+                    except BirdclfError as exc:
+                        raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
+                    finally:
+                        images[index] = (name, b"")
+                        if not isinstance(item, bytes):
+                            item.file.close()
+                    del item
+                with self._model_lock:
+                    return predictor.predict_arrays(arrays, top_k)
+            finally:
+                with phase_lock:
+                    phase["now"] = "done"
+                self._release_work_slot_from_thread()
+                release_bytes()
+
         try:
-            arrays = []
-            for index, (name, item) in enumerate(images):
-                data = item if isinstance(item, bytes) else await item.read()
-                try:  # a decode past the request deadline is left to finish in its thread (within the budget)
-                    arrays.append(await anyio.to_thread.run_sync(predictor.preprocess, data, abandon_on_cancel=True))
-                except BirdclfError as exc:
-                    raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
-                finally:
-                    images[index] = (name, b"")
-                    if not isinstance(item, bytes):
-                        await item.close()
-                del data, item
-            predictions = await anyio.to_thread.run_sync(predictor.predict_arrays, arrays, top_k,
-                                                         limiter=self.model_limiter)
-        finally:
-            self.release_work_slot()
+            predictions = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except BaseException:
+            with phase_lock:
+                never_ran = phase["now"] == "waiting"
+                if never_ran:
+                    phase["now"] = "dropped"
+            if never_ran:
+                self.release_work_slot()
+                release_bytes()
+            raise
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
                                                 for (name, _), p in zip(images, predictions)],

@@ -9,12 +9,12 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from ..errors import BirdclfError, ImageTooLargeError, UrlFetchError
+from ..errors import BirdclfError, BusyError, ImageTooLargeError, UrlFetchError
 
 __all__ = ["MAX_REDIRECTS", "MAX_URL_LENGTH", "check_address", "check_url", "fetch_url", "fetch_urls"]
 
@@ -25,6 +25,8 @@ MAX_URL_LENGTH = 4096
 _CHUNK = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
+MAX_TINY_PIECES = 1024  # body pieces an image URL may send before their mean size is checked (as for uploads)
+MIN_MEAN_PIECE = 256
 # One answer for "does not resolve" and "resolves to an internal address": no oracle for internal DNS names.
 _NOT_PUBLIC = "the URL's host does not resolve to a public internet address: refused"
 
@@ -77,8 +79,10 @@ async def _resolve(host: str, port: int, allow_private: bool) -> str:
     return addresses[0]
 
 
-async def _get_once(url: str, max_bytes: int, allow_private: bool) -> tuple[int, str | None, bytes]:
-    """One GET to the checked address: (status, Location for redirects, body)."""
+async def _get_once(url: str, max_bytes: int, allow_private: bool,
+                    take: Callable[[int], bool] | None = None) -> tuple[int, str | None, bytes]:
+    """One GET to the checked address: (status, Location for redirects, body); each piece of the body is counted
+    by `take` (False: the server holds too much already)."""
     scheme, host, port, target, host_header = check_url(url)
     ip = await _resolve(host, port, allow_private)
     context = ssl.create_default_context() if scheme == "https" else None
@@ -97,11 +101,12 @@ async def _get_once(url: str, max_bytes: int, allow_private: bool) -> tuple[int,
             ("Host", host_header), ("User-Agent", "birdclf"), ("Accept", "image/*"), ("Connection", "close")])
         writer.write(conn.send(request) + conn.send(h11.EndOfMessage()))
         await writer.drain()
-        status, location, chunks, total = 0, None, [], 0
+        status, location, chunks, total, pieces = 0, None, [], 0, 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(await reader.read(_CHUNK))
+                await asyncio.sleep(0)  # a read of buffered data does not yield: let other requests run
             elif isinstance(event, h11.Response):
                 status = event.status_code
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
@@ -114,8 +119,15 @@ async def _get_once(url: str, max_bytes: int, allow_private: bool) -> tuple[int,
                     raise ImageTooLargeError(f"image at URL is {length} bytes, over the {max_bytes}-byte limit")
             elif isinstance(event, h11.Data):
                 total += len(event.data)
+                pieces += 1
                 if total > max_bytes:
                     raise ImageTooLargeError(f"image at URL is over the {max_bytes}-byte limit")
+                if pieces > MAX_TINY_PIECES and total < MIN_MEAN_PIECE * pieces:
+                    raise UrlFetchError(f"image URL sent its body in over {MAX_TINY_PIECES} pieces of under "
+                                        f"{MIN_MEAN_PIECE} bytes on average: refused")
+                if take is not None and not take(len(event.data)):
+                    raise BusyError("the server is holding too many images at once; please try again in a few "
+                                    "seconds")
                 chunks.append(bytes(event.data))
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 return status, location, b"".join(chunks)
@@ -131,9 +143,9 @@ async def _get_once(url: str, max_bytes: int, allow_private: bool) -> tuple[int,
             await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
-async def _fetch(url: str, max_bytes: int, allow_private: bool) -> bytes:
+async def _fetch(url: str, max_bytes: int, allow_private: bool, take: Callable[[int], bool] | None) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
-        status, location, body = await _get_once(url, max_bytes, allow_private)
+        status, location, body = await _get_once(url, max_bytes, allow_private, take)
         if location is None:
             return body
         try:
@@ -143,26 +155,35 @@ async def _fetch(url: str, max_bytes: int, allow_private: bool) -> bytes:
     raise UrlFetchError(f"image URL redirected more than {MAX_REDIRECTS} times")
 
 
-async def fetch_urls(urls: Sequence[str], max_bytes: int, timeout: float, allow_private: bool = False) -> list[bytes]:
-    """GET every URL at once (each up to `max_bytes`, redirects checked) within one deadline for them all."""
+async def fetch_urls(urls: Sequence[str], max_bytes: int, timeout: float, allow_private: bool = False,
+                     take: Callable[[int], bool] | None = None) -> list[bytes]:
+    """GET every URL at once (each up to `max_bytes`, redirects checked) within one deadline for them all; every
+    piece received is counted by `take` (the request's share of the server's upload budget)."""
     for url in urls:
         check_url(url)
-    tasks = [asyncio.ensure_future(_fetch(url, max_bytes, allow_private)) for url in urls]
+    tasks = [asyncio.ensure_future(_fetch(url, max_bytes, allow_private, take)) for url in urls]
     try:
-        return list(await asyncio.wait_for(asyncio.gather(*tasks), timeout))
-    except (asyncio.TimeoutError, TimeoutError) as exc:
-        slow = [url for url, task in zip(urls, tasks) if not task.done() or task.cancelled()]
-        raise UrlFetchError(f"image URL took longer than {timeout:g} s: {', '.join(slow) or urls[0]}") from exc
-    except BirdclfError as exc:
-        failed = next((url for url, task in zip(urls, tasks)
-                       if task.done() and not task.cancelled() and task.exception() is exc), None)
-        if failed is not None and len(urls) > 1:
-            raise type(exc)(f"{failed}: {exc}") from exc
-        raise
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [(url, task) for url, task in zip(urls, tasks)
+                  if task.done() and not task.cancelled() and task.exception() is not None]
+        if failed:
+            url, task = failed[0]
+            exc = task.exception()
+            if isinstance(exc, BirdclfError) and len(urls) > 1:
+                raise type(exc)(f"{_short_url(url)}: {exc}") from exc
+            raise exc  # type: ignore[misc]
+        slow = [_short_url(url) for url, task in zip(urls, tasks) if not task.done()]
+        if slow:
+            raise UrlFetchError(f"image URL took longer than {timeout:g} s: {', '.join(slow)}")
+        return [task.result() for task in tasks]
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)  # every task's outcome is retrieved
+
+
+def _short_url(url: str, limit: int = 200) -> str:
+    return url if len(url) <= limit else url[: limit - 3] + "..."
 
 
 async def fetch_url(url: str, max_bytes: int, timeout: float, allow_private: bool = False) -> bytes:
