@@ -14,7 +14,12 @@ from .errors import BirdclfError
 
 __all__ = ["main", "build_parser", "print_json"]
 
-_TRAIN_MODULES = ("torch", "torchvision", "fastai", "timm", "onnx", "onnxscript", "sklearn", "matplotlib", "pandas")
+# A missing module -> the extra that installs it (a command run without its extra says which one to install).
+_EXTRAS = {**dict.fromkeys(("torch", "torchvision", "fastai", "timm", "onnx", "onnxscript", "sklearn", "matplotlib",
+                            "pandas", "kaggle"), "train"),
+           **dict.fromkeys(("onnxruntime", "fastapi", "starlette", "uvicorn", "h11", "multipart", "python_multipart",
+                            "anyio", "pydantic", "azure"), "serve"),
+           **dict.fromkeys(("voila", "ipywidgets", "ipykernel", "jupyter_server"), "app")}
 
 
 def print_json(data: Any) -> None:
@@ -130,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in _TRAIN_MODULES:
-            print(f"error: `birdclf {args.command}` needs the training extra ({exc.name} is not installed): "
-                  "pip install 'birdclf[train]'", file=sys.stderr)
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra:
+            print(f"error: `birdclf {args.command}` needs the {extra} extra ({exc.name} is not installed): "
+                  f"pip install 'birdclf[{extra}]'", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

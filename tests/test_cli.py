@@ -81,3 +81,18 @@ def test_predict_shows_the_verdict(starter_onnx, tmp_path):
     assert out.returncode == 0 and json.loads(out.stdout)[0]["verdict"] == "not_a_bird"
     out = run("predict", str(cup), "--model", str(starter_onnx), "--csv")
     assert list(csv.DictReader(io.StringIO(out.stdout)))[0]["verdict"] == "not_a_bird"
+
+
+@pytest.mark.parametrize("module,extra", [("fastapi", "serve"), ("uvicorn", "serve"), ("voila", "app"),
+                                          ("torch", "train")])
+def test_a_command_without_its_extra_names_the_extra(monkeypatch, capsys, module, extra):
+    """`birdclf serve` after installing only [train] (as the notebooks do) says what to install: no traceback."""
+    import birdclf.cli as cli
+    import birdclf.serving.server as server
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+    monkeypatch.setattr(server, "serve", missing)
+    assert cli.main(["serve"]) == 2
+    assert f"pip install 'birdclf[{extra}]'" in capsys.readouterr().err

@@ -192,3 +192,17 @@ def test_unknown_source(tmp_path):
     with pytest.raises(DataError, match="not found"):
         get_data(str(tmp_path / "nothing-here"), tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("distance", [4, 7])
+def test_near_duplicates_are_found_at_any_max_distance(monkeypatch, distance):
+    """Hashes `distance` bits apart, the bits spread so no 16-bit block matches: found, and not at distance - 1."""
+    import birdclf.data.check as check
+
+    spread = sum(1 << (16 * k + k) for k in range(4)) | sum(1 << (60 + k) for k in range(distance - 4))
+    hashes = {"a.jpg": 0, "b.jpg": spread}
+    monkeypatch.setattr(check, "dhash", lambda path: hashes[Path(path).name])
+    monkeypatch.setattr(check, "_file_digest", lambda path: str(path))
+    items = [(Path(name), "train", "x") for name in hashes]
+    assert [d["distance"] for d in check.find_duplicates(items, distance)] == [distance]
+    assert check.find_duplicates(items, distance - 1) == []

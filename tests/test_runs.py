@@ -63,3 +63,51 @@ def test_run_object_reads_the_record(tmp_path):
     assert "test_efficientnet" in repr(run)
     with pytest.raises(BirdclfError, match="not a run folder"):
         open_run(tmp_path)
+
+
+def test_run_splits_are_the_ones_it_was_trained_on(bird_dataset, tmp_path):
+    """A run trained on a random re-split of two classes is evaluated on that split, not on the folder's own."""
+    from birdclf.training.runs import Run
+    from birdclf.training.trainer import TrainConfig, prepare_data
+
+    config = {"data": str(bird_dataset), "split": "random", "valid_pct": 0.2, "seed": 7, "max_classes": 2,
+              "arch": "tf_efficientnet_lite0", "unknown_future_field": 1}
+    run = Run(tmp_path, {"config": config})
+    splits = run.splits()
+    assert splits == prepare_data(TrainConfig(**{k: v for k, v in config.items() if k != "unknown_future_field"}))
+    assert len({label for _, label in splits["train"]}) == 2
+    moved = tmp_path / "copy"
+    shutil.copytree(bird_dataset, moved)
+    assert {label for _, label in run.splits(moved)["train"]} == {label for _, label in splits["train"]}
+
+
+def test_recipe_and_the_unfrozen_schedule():
+    from birdclf.training.trainer import CPU_EPOCHS, GPU_EPOCHS, recipe, unfrozen_schedule
+
+    gpu, cpu = recipe("data", gpu=True), recipe("data", gpu=False, epochs=None, mini=5)
+    assert (gpu.arch, gpu.epochs, gpu.fast_head) == ("efficientnet_b3a", GPU_EPOCHS, False)
+    assert (cpu.arch, cpu.epochs, cpu.fast_head, cpu.mini) == ("tf_efficientnet_lite0", CPU_EPOCHS, True, 5)
+    assert recipe("data", gpu=False, fast_head=False, epochs=0).fast_head is False
+    schedule = unfrozen_schedule(1e-2, 10)
+    assert schedule["lr_max"] == slice(5e-4, 5e-3) and schedule["pct_start"] == 0.3
+
+
+def test_smoke_run_is_reused_and_links_fall_back_to_copies(tmp_path, monkeypatch, bird_dataset):
+    from pathlib import Path
+
+    from birdclf.data.layout import read_dataset
+    from birdclf.data.split import make_splits, materialize
+    from birdclf.training import notebook
+
+    (tmp_path / "runs" / "smoke-x").mkdir(parents=True)
+    (tmp_path / "runs" / "smoke-x" / "export.pkl").write_bytes(b"")
+    monkeypatch.setattr("birdclf.training.trainer.train", lambda cfg: pytest.fail("trained again"))
+    assert notebook.smoke_run(tmp_path, "smoke-x") == tmp_path / "runs" / "smoke-x"
+
+    def no_links(self, target):
+        raise OSError("Operation not supported")
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)  # Google Drive
+    out = materialize(make_splits(read_dataset(bird_dataset)), tmp_path / "mini")
+    copied = next((out / "train").rglob("*.jpg"))
+    assert copied.is_file() and not copied.is_symlink()

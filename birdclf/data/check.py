@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BirdclfError
+from ..errors import BirdclfError, DataError
 from ..serving.imaging import ImageLimits, load_image
 from .layout import Dataset
 from .paths import free_path
@@ -122,12 +122,15 @@ def find_duplicates(items: list[tuple[Path, str, str]], max_distance: int = 3) -
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
                 add(group[a], group[b], "exact", 0)
-    # Pigeonhole: two 64-bit hashes within distance 3 share at least one of their four 16-bit blocks exactly.
+    # Pigeonhole: two 64-bit hashes within distance d share at least one of d + 1 blocks exactly.
+    if not 0 <= max_distance < 64:
+        raise DataError(f"max_distance must be from 0 to 63, got {max_distance}")
+    edges = [round(64 * k / (max_distance + 1)) for k in range(max_distance + 2)]
     buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, h in enumerate(hashes):
         if h is not None:
-            for block in range(4):
-                buckets[(block, (h >> (16 * block)) & 0xFFFF)].append(index)
+            for block, (low, high) in enumerate(zip(edges, edges[1:])):
+                buckets[(block, (h >> low) & ((1 << (high - low)) - 1))].append(index)
     checked: set[tuple[int, int]] = set()
     for group in buckets.values():
         for a in range(len(group)):

@@ -78,7 +78,8 @@ def mini_subset(splits: Splits, per_class: int, seed: int = 42, max_classes: int
 
 
 def materialize(splits: Splits, dest: str | os.PathLike, copy: bool = False) -> Path:
-    """Write splits as dest/<split>/<label>/<file> (symlinks by default); refuses to touch an existing folder."""
+    """Write splits as dest/<split>/<label>/<file> (symlinks by default, copies where the file system has none);
+    refuses to touch an existing folder."""
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise DataError(f"{dest} exists and is not empty: choose a new folder")
@@ -89,7 +90,10 @@ def materialize(splits: Splits, dest: str | os.PathLike, copy: bool = False) -> 
             if copy:
                 shutil.copy2(path, target)
             else:
-                target.symlink_to(path.resolve())
+                try:
+                    target.symlink_to(path.resolve())
+                except OSError:  # no symlinks here (Google Drive, some Windows set-ups): copy instead
+                    shutil.copy2(path, target)
     return dest
 
 

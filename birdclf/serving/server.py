@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -13,6 +12,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..constants import DEFAULT_FUNCTION_PORT, DEFAULT_HOST
+from .middleware import json_error
 
 __all__ = ["GuardedH11Protocol", "serve", "uvicorn_config", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS", "BACKLOG",
            "MAX_TINY_PIECES", "MIN_MEAN_PIECE"]
@@ -44,7 +44,7 @@ def _log_refusal(open_connections: int, limit: int) -> None:
 
 
 def _raw_json_response(status: int, reason: bytes, message: str) -> bytes:
-    body = json.dumps({"error": message, "status": status}).encode()
+    body = json_error(status, message)  # the same body as every other error answer
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % (status, reason, len(body))) + body
 

@@ -20,10 +20,10 @@ MIN_GATE_THRESHOLD = 0.02
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """softmax(logits / temperature) over classes: the serving side's own softmax, so both compute the same."""
+    from ..serving.predictor import softmax as serving_softmax
+
+    return serving_softmax(np.asarray(logits) / temperature)
 
 
 def _nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:

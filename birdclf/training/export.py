@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
@@ -18,7 +20,7 @@ from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPU
 from ..errors import ExportError
 
 __all__ = ["ExportReport", "QuantizeReport", "export_onnx", "export_learner", "learner_config",
-           "verify_parity", "quantize_int8", "fp32_nodes", "set_metadata", "read_model_config"]
+           "verify_parity", "quantize_int8", "quantize_images", "fp32_nodes", "set_metadata", "read_model_config"]
 
 
 @dataclass
@@ -177,7 +179,12 @@ def export_learner(learn: Any, path: str | os.PathLike, model_name: str = "birdc
     config = learner_config(learn, model_name, version)
     if sample is None and len(getattr(learn.dls.valid, "dataset", ()) or ()):
         sample = learn.dls.valid.one_batch()[0][:8].detach().cpu().float().numpy()  # real images when attached
-    return export_onnx(gated_model(learn), path, config, sample=sample)  # else a seeded random batch
+    device = next(learn.model.parameters()).device
+    learn.model.cpu()  # exported and checked on the CPU, where onnxruntime serves it
+    try:
+        return export_onnx(gated_model(learn), path, config, sample=sample)  # else a seeded random batch
+    finally:
+        learn.model.to(device)
 
 
 class _Reader:
@@ -220,6 +227,26 @@ def fp32_nodes(model: Any) -> list[str]:
     return keep
 
 
+@contextlib.contextmanager
+def _quiet_quantizer() -> Any:
+    """onnxruntime's quantizer logs on the root logger advice to pre-process the graph (measured: it changes nothing
+    for these models) and that 1-D BatchNorm weights have no axis 1 (they are quantised per tensor): keep both out
+    of notebooks and CLI output."""
+    root = logging.getLogger()
+    quiet = logging.Filter()
+    quiet.filter = lambda record: not any(  # type: ignore[method-assign]
+        text in record.getMessage() for text in ("pre-processing before quantization", "is out-of-range for weight"))
+    root.addFilter(quiet)
+    for handler in root.handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+        for handler in root.handlers:
+            handler.removeFilter(quiet)
+
+
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
                   evaluation: np.ndarray | None = None, labels: np.ndarray | None = None) -> QuantizeReport:
     """Static INT8 (QDQ, per-channel weights, uint8 activations, MinMax) calibrated on real preprocessed images,
@@ -237,7 +264,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         raise ExportError("calibration must be a non-empty NCHW batch of preprocessed images")
     config = read_model_config(src)
     keep = fp32_nodes(onnx.load(str(src)))
-    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp, \
+            _quiet_quantizer():
         out = Path(tmp) / dst.name
         quantize_static(str(src), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -263,6 +291,31 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         shutil.move(str(out), dst)
     report.size_bytes = dst.stat().st_size
     return report
+
+
+def quantize_images(src: str | os.PathLike, dst: str | os.PathLike, images: str | os.PathLike | list[Path],
+                    limit: int = 300, evaluate: int = 500, seed: int = 0) -> QuantizeReport:
+    """`quantize_int8` calibrated on `limit` of `images` (a folder, searched recursively, or a list of paths),
+    shuffled with `seed` so that every class is seen, and measured on up to `evaluate` others it did not see; when
+    their folder names are the model's labels, also the accuracy of both models."""
+    import random
+
+    from ..data.labels import normalize_label
+    from ..data.layout import list_images
+    from ..serving.predictor import Predictor
+
+    predictor = Predictor(src)
+    files = list(images) if isinstance(images, list) else list_images(images)
+    if not files:
+        raise ExportError(f"no images in {images} to calibrate with")
+    files = [Path(f) for f in files]
+    random.Random(seed).shuffle(files)
+    held_out = files[limit:limit + evaluate]
+    index = {normalize_label(label): i for i, label in enumerate(predictor.labels)}
+    targets = [index.get(normalize_label(f.parent.name)) for f in held_out]
+    labels = np.array(targets) if held_out and None not in targets else None
+    return quantize_int8(src, dst, np.stack([predictor.preprocess(f) for f in files[:limit]]),
+                         np.stack([predictor.preprocess(f) for f in held_out]) if held_out else None, labels)
 
 
 def _run_all(path: Path, batch: np.ndarray, chunk: int = 64) -> list[np.ndarray]:

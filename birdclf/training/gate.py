@@ -108,11 +108,13 @@ def imagenet_classifier(backbone: Any) -> nn.Linear | None:
 
 
 def gated_model(learn: Any) -> nn.Module:
-    """The model to export: with its gate (shared or fixed) when the Learner has one, else logits only."""
+    """The model to export: with its gate (shared or fixed) when the Learner has one, else logits only; in eval
+    mode, and with the gate on the device of the Learner's model (a gate is made on the CPU)."""
     gate = getattr(learn, "bird_gate", None)
+    device = next(learn.model.parameters()).device
     if isinstance(gate, FixedGate):
-        return SideGatedModel(learn.model, gate).eval()
-    return GatedModel(learn.model, gate).eval() if gate is not None else learn.model.eval()
+        return SideGatedModel(learn.model, gate).to(device).eval()
+    return GatedModel(learn.model, gate).to(device).eval() if gate is not None else learn.model.eval()
 
 
 def attach_gate(learn: Any) -> bool:

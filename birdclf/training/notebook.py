@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["setup", "smoke_data", "smoke_config", "show_images"]
+__all__ = ["setup", "smoke_data", "smoke_config", "smoke_run", "show_images"]
 
 
 def setup(mount_drive: bool = False, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Detect Colab and the GPU, mount Google Drive if asked, and pick the working folder for data and runs."""
+    """Detect Colab and the GPU, mount Google Drive if asked, and pick the working folder for runs (`workdir`, on
+    Drive when mounted, so they outlive the Colab session) and for data (`datadir`: on Colab always the local disk,
+    since tens of thousands of small files on Drive are slow and Drive has no symlinks)."""
     import torch
 
     colab = "google.colab" in sys.modules
@@ -21,10 +23,12 @@ def setup(mount_drive: bool = False, workdir: str | os.PathLike | None = None) -
         drive.mount("/content/drive")
         workdir = workdir or "/content/drive/MyDrive/birdclf"
     workdir = Path(workdir or ("/content/birdclf" if colab else "."))
-    workdir.mkdir(parents=True, exist_ok=True)
+    datadir = Path("/content/birdclf-data") if colab else workdir
+    for folder in (workdir, datadir):
+        folder.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.is_available()
     info = {"colab": colab, "gpu": gpu, "device": torch.cuda.get_device_name(0) if gpu else "cpu",
-            "workdir": workdir.resolve()}
+            "workdir": workdir.resolve(), "datadir": datadir.resolve()}
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     return info
 
@@ -45,6 +49,16 @@ def smoke_config(workdir: str | os.PathLike, **overrides: Any) -> Any:
                 input_size=64, fast_head=True, head_epochs=4, lr_find_iters=20, num_workers=0,
                 out=str(Path(workdir) / "runs"))
     return TrainConfig(**(base | overrides))
+
+
+def smoke_run(workdir: str | os.PathLike, name: str, **overrides: Any) -> Path:
+    """The run folder of a smoke run: trained the first time, reused when the notebook runs again."""
+    from .trainer import train
+
+    run_dir = Path(workdir) / "runs" / name
+    if (run_dir / "export.pkl").is_file():
+        return run_dir
+    return train(smoke_config(workdir, name=name, **overrides)).run_dir
 
 
 def show_images(*paths: str | os.PathLike, width: int = 700) -> None:

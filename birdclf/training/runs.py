@@ -119,9 +119,33 @@ class Run:
         path = self.path / "labels.txt"
         return path.read_text().splitlines() if path.is_file() else []
 
-    def learner(self, cpu: bool = True) -> Any:
-        """The exported fastai Learner."""
-        return load_run(self.path, cpu=cpu)
+    def learner(self, cpu: bool | None = None) -> Any:
+        """The exported fastai Learner, on the GPU when there is one (`cpu=None`): evaluation, fastai's
+        interpretation and the cleaner (predictions over the whole training set) then run there."""
+        import torch
+        from fastai.torch_core import default_device
+
+        if cpu is None:
+            cpu = not torch.cuda.is_available()
+        learn = load_run(self.path, cpu=cpu)
+        if not cpu:
+            device = default_device()
+            learn.model.to(device)
+            learn.dls.to(device)  # exported on the CPU, so its DataLoaders still say so
+        return learn
+
+    def splits(self, data: str | os.PathLike | None = None) -> dict[str, list[tuple[Path, str]]]:
+        """The train/valid/test splits the run was trained and evaluated on, rebuilt from its record (split
+        strategy, seed, mini subset, class limit); `data`: the same layout elsewhere (e.g. after cleaning)."""
+        from dataclasses import fields
+
+        from .trainer import TrainConfig, prepare_data
+
+        known = {f.name for f in fields(TrainConfig)}
+        config = {k: v for k, v in self.config.items() if k in known} | ({"data": str(data)} if data else {})
+        if not config.get("data"):
+            raise BirdclfError(f"{self.path} does not record its data folder: pass data=")
+        return prepare_data(TrainConfig(**config))
 
     def history(self) -> Any:
         """The training log as a DataFrame (see `run_history`)."""
@@ -153,7 +177,7 @@ def attach_data(learn: Any, splits: dict, bs: int = 32, num_workers: int | None 
     dls = make_dataloaders(splits, learn.birdclf_config, bs=bs, num_workers=num_workers)
     if list(dls.vocab) != list(learn.dls.vocab):
         raise BirdclfError("these data have other classes than the run was trained on")
-    learn.dls = dls.to(learn.dls.device) if hasattr(learn.dls, "device") and learn.dls.device else dls
+    learn.dls = dls.to(next(learn.model.parameters()).device)  # batches go where the model is
     return learn
 
 

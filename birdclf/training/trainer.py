@@ -12,12 +12,18 @@ from typing import Any
 from ..errors import BirdclfError
 from .learner import arch_config, default_arch, make_learner
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "run_lr_find", "train", "PRECISIONS"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "recipe", "run_lr_find", "train",
+           "unfrozen_schedule", "PRECISIONS", "GPU_EPOCHS", "CPU_EPOCHS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 FALLBACK_LR = 1e-3
+GPU_EPOCHS = 8  # the recipe's unfrozen epochs on a GPU (efficientnet_b3a, fp16, fastai's frozen epoch first)
+CPU_EPOCHS = 3  # ... and on a CPU (tf_efficientnet_lite0, the head trained on cached features first)
+# fastai fine_tune's unfrozen phase: half the base rate, discriminative rates over lr_mult, this one-cycle shape
+UNFROZEN_PCT_START = 0.3
+UNFROZEN_DIV = 5.0
 
 
 @dataclass
@@ -59,6 +65,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in (None, *PRECISIONS):
             raise BirdclfError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+def recipe(data: str | Path, gpu: bool | None = None, **overrides: Any) -> TrainConfig:
+    """The default recipe (the notebooks' and `birdclf train`'s): on a GPU efficientnet_b3a, fastai's frozen epoch
+    then GPU_EPOCHS unfrozen ones in fp16; on a CPU tf_efficientnet_lite0, the head trained on cached body
+    features, then CPU_EPOCHS unfrozen epochs. `overrides` that are None keep the recipe's value."""
+    if gpu is None:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    from ..constants import CPU_ARCH, GPU_ARCH
+
+    base: dict[str, Any] = {"data": str(data), "arch": GPU_ARCH if gpu else CPU_ARCH,
+                            "epochs": GPU_EPOCHS if gpu else CPU_EPOCHS, "fast_head": not gpu}
+    return TrainConfig(**(base | {k: v for k, v in overrides.items() if v is not None}))
+
+
+def unfrozen_schedule(lr: float, lr_mult: float) -> dict[str, Any]:
+    """fit_one_cycle's arguments for fine_tune's unfrozen phase, when the frozen phase was done another way (the
+    cached-feature head): `learn.fit_one_cycle(epochs, **unfrozen_schedule(lr, lr_mult))`."""
+    base_lr = lr / 2  # what fine_tune uses after its frozen phase
+    return {"lr_max": slice(base_lr / lr_mult, base_lr), "pct_start": UNFROZEN_PCT_START, "div": UNFROZEN_DIV}
 
 
 @dataclass
@@ -113,7 +141,7 @@ def _run_dir(cfg: TrainConfig, arch: str) -> Path:
     name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}"
     run_dir = Path(cfg.out) / name
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise BirdclfError(f"run folder {run_dir} already exists: choose another --name")
+        raise BirdclfError(f"run folder {run_dir} already exists: choose another name (TrainConfig.name, --name)")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -237,9 +265,7 @@ class TrainingRun:
             self.record["lr"] = lr
         if len(getattr(learn.recorder, "values", None) or ()):  # fastai records values only once it fitted
             _save_plot(lambda: learn.recorder.plot_loss(), self.run_dir / "loss.png")
-        learn.to_fp32()
-        learn.model.cpu()
-        learn.dls.cpu()
+        learn.to_fp32()  # metrics, calibration and test evaluation on the training device (the GPU on Colab)
         self.record["valid"] = _valid_metrics(learn)
         result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
 
@@ -269,6 +295,8 @@ class TrainingRun:
         if calibration.bird_threshold is not None:
             updates["bird_threshold"] = calibration.bird_threshold
         learn.birdclf_config = replace(learn.birdclf_config, **updates)
+        learn.model.cpu()  # exported from the CPU: export.pkl loads anywhere, and ONNX parity runs on CPU
+        learn.dls.cpu()
         learn.export(self.run_dir / "export.pkl")
         if cfg.onnx:
             from .export import export_learner
@@ -298,9 +326,8 @@ def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_m
     if epochs > 0 and freeze_epochs > 0:
         learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, lr_mult=lr_mult, cbs=cbs)
     elif epochs > 0:
-        base_lr = lr / 2  # what fine_tune uses after its frozen phase
         learn.unfreeze()
-        learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=0.3, div=5.0, cbs=cbs)
+        learn.fit_one_cycle(epochs, cbs=cbs, **unfrozen_schedule(lr, lr_mult))
     elif freeze_epochs > 0:
         learn.fit_one_cycle(freeze_epochs, lr, cbs=cbs)
 
