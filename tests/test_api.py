@@ -421,3 +421,43 @@ def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, 
         while time.monotonic() < deadline and service._work_slots.value < service.max_in_flight:
             time.sleep(0.1)
         assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0
+
+
+def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatch, reference):
+    """Big requests run the model SERVE_BATCH images at a time, MODEL_CALLS calls at once (the ORT arena stays
+    small), and answers keep the files' order; every place and byte is given back afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from birdclf.constants import MODEL_CALLS, SERVE_BATCH
+
+    app = create_app(small_settings(birdclf_home, max_images=9))
+    with TestClient(app) as c:
+        service = app.state.service
+        c.get("/api/health")
+        original = service.predictor.predict_arrays
+        seen = {"now": 0, "most": 0, "largest": 0}
+        lock = threading.Lock()
+
+        def counted(arrays, top_k):
+            with lock:
+                seen["now"] += 1
+                seen["most"], seen["largest"] = max(seen["most"], seen["now"]), max(seen["largest"], len(arrays))
+            try:
+                time.sleep(0.05)  # long enough for the calls of concurrent requests to overlap if allowed to
+                return original(arrays, top_k)
+            finally:
+                with lock:
+                    seen["now"] -= 1
+
+        monkeypatch.setattr(service.predictor, "predict_arrays", counted)
+        images = [make_image(seed=s) for s in range(9)]
+        files = multipart([(f"b{i}.jpg", im) for i, im in enumerate(images)])
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: c.post("/api/predict?top_k=2", files=files), range(4)))
+        assert [r.status_code for r in answers] == [200] * 4
+        for r in answers:
+            assert [p["filename"] for p in r.json()["predictions"]] == [f"b{i}.jpg" for i in range(9)]
+            for image, result in zip(images, r.json()["predictions"]):
+                assert result["top_k"] == reference.predict(image, top_k=2).top_k
+        assert seen["largest"] == SERVE_BATCH and 1 < seen["most"] <= MODEL_CALLS
+        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
-from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MAX_TOP_K
+from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MAX_TOP_K, MODEL_CALLS, SERVE_BATCH
 from ..errors import (
     BirdclfError,
     BusyError,
@@ -74,12 +74,19 @@ class PredictionService:
         self._load_error: BirdclfError | None = None
         self._failed_at = 0.0
         self._lock = threading.Lock()
-        self._model_lock = threading.Lock()  # one model call at a time: it uses every core itself
         self.max_body = settings.max_bytes * settings.max_images + (1 << 20)
         self.body_budget = BodyBudget(max(settings.upload_budget, self.max_body))  # one largest request always fits
         self.max_in_flight = max(4, 4 * available_cpus())  # requests decoding or predicting; the rest wait
         self.queue_timeout = min(10.0, settings.request_timeout)
         self._work_slots: anyio.Semaphore | None = None
+        self._model_limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def model_limiter(self) -> anyio.CapacityLimiter:
+        """MODEL_CALLS model calls at a time, taken in arrival order."""
+        if self._model_limiter is None:
+            self._model_limiter = anyio.CapacityLimiter(MODEL_CALLS)
+        return self._model_limiter
 
     async def work_slot(self) -> None:
         """Wait (up to queue_timeout) for one of max_in_flight places to decode and predict; BusyError if none.
@@ -246,13 +253,13 @@ class PredictionService:
         await self.work_slot()
         held = getattr(request.state, REQUEST_BYTES, None)
         release_bytes = held.hold_past_request() if held else (lambda: None)
-        phase = {"now": "waiting"}  # waiting -> running -> done, or waiting -> dropped (cancelled before it ran)
+        # waiting -> running -> decoded, or waiting -> dropped (cancelled before it ran), or running -> abandoned
+        # (cancelled while decoding: the decode thread gives the place and the bytes back when it really ends)
+        phase = {"now": "waiting"}
         phase_lock = threading.Lock()
 
-        def work() -> list[Any]:
-            """Decode every image and run the model, in one worker thread. A decode still running at the request
-            deadline is left to finish (the client gets its answer), but its work place and its bytes are given
-            back only when it really ends: abandoned decodes cannot pile up past the limits."""
+        def decode() -> list[Any]:
+            """Decode every image in one worker thread, freeing each request body as soon as it is decoded."""
             with phase_lock:
                 if phase["now"] == "dropped":
                     return []
@@ -269,25 +276,35 @@ class PredictionService:
                         if not isinstance(item, bytes):
                             item.file.close()
                     del item
-                with self._model_lock:
-                    return predictor.predict_arrays(arrays, top_k)
+                return arrays
             finally:
                 with phase_lock:
-                    phase["now"] = "done"
-                self._release_work_slot_from_thread()
-                release_bytes()
+                    abandoned = phase["now"] == "abandoned"
+                    phase["now"] = "decoded"
+                if abandoned:
+                    self._release_work_slot_from_thread()
+                    release_bytes()
 
         try:
-            predictions = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            arrays = await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
         except BaseException:
             with phase_lock:
-                never_ran = phase["now"] == "waiting"
-                if never_ran:
-                    phase["now"] = "dropped"
-            if never_ran:
+                owner_is_thread = phase["now"] == "running"
+                phase["now"] = "abandoned" if owner_is_thread else "dropped"
+            if not owner_is_thread:
                 self.release_work_slot()
                 release_bytes()
             raise
+        try:  # model calls are short and bounded: they are waited for, in arrival order, MODEL_CALLS at a time
+            predictions = []
+            for start in range(0, len(arrays), SERVE_BATCH):
+                predictions += await anyio.to_thread.run_sync(predictor.predict_arrays,
+                                                              arrays[start:start + SERVE_BATCH], top_k,
+                                                              limiter=self.model_limiter)
+        finally:
+            del arrays
+            self.release_work_slot()
+            release_bytes()
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
                                                 for (name, _), p in zip(images, predictions)],
