@@ -18,10 +18,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import SHARED, free_port, machine, percentile, print_table, write_json
+from birdclf.constants import DEFAULT_MAX_IMAGES
 
 BIG_SIDE = 7000  # 7000 x 7000 RGBA = 49 Mpx, 196 MB decoded
 
@@ -144,25 +146,36 @@ def odd_images() -> dict[str, tuple[bytes, str]]:
             "strip": (encoded(Image.new("L", (65500, 1), 90), "JPEG"), "65500x1 JPEG")}
 
 
-def memory(model: Path, image: bytes) -> list[dict]:
+def multipart_photos(images: list[bytes]) -> tuple[bytes, str]:
+    """One multipart body carrying every photo, and its content type."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p{i}.jpg"\r\n'
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def memory(model: Path, image: bytes, photo_set: list[bytes]) -> list[dict]:
     """Peak server memory (VmHWM) for one huge RGBA PNG, then for 8 sent at once, each on a fresh server; then 8
-    progressive 49 Mpx JPEGs and 8 extreme strips at once."""
+    progressive 49 Mpx JPEGs and 8 extreme strips at once; then 16 requests of 16 real photos, 8 at a time."""
     png = big_png()
     odd = odd_images()
-    cases = [(1, png, "image/png", f"{BIG_SIDE}x{BIG_SIDE} RGBA PNG"), (8, png, "image/png",
-                                                                        f"{BIG_SIDE}x{BIG_SIDE} RGBA PNG")]
-    cases += [(8, data, "image/jpeg", what) for data, what in odd.values()]
+    big = f"{BIG_SIDE}x{BIG_SIDE} RGBA PNG ({len(png) / 1e6:.3g} MB file)"
+    cases = [(1, 1, png, "image/png", big), (8, 8, png, "image/png", big)]
+    cases += [(8, 8, data, "image/jpeg", f"{what} ({len(data) / 1e6:.3g} MB file)") for data, what in odd.values()]
+    body, content_type = multipart_photos(photo_set[:DEFAULT_MAX_IMAGES])
+    cases.append((16, 8, body, content_type,
+                  f"{DEFAULT_MAX_IMAGES} photos, 8 at a time ({len(body) / 1e6:.3g} MB body)"))
     rows = []
-    for count, data, content_type, what in cases:
+    for count, workers, data, content_type, what in cases:
         port = free_port()
         proc, _ = start_server(model, port, image)
         try:
             idle = rss_mb(proc.pid, "VmRSS")
             t = time.perf_counter()
-            with ThreadPoolExecutor(count) as pool:
+            with ThreadPoolExecutor(workers) as pool:
                 statuses = list(pool.map(lambda _, url=f"http://127.0.0.1:{port}/api/predict", body=data,
                                          kind=content_type: post(url, body, kind), range(count)))
-            rows.append({"images": f"{count} x {what} ({len(data) / 1e6:.3g} MB file)", "idle_mb": idle,
+            rows.append({"images": f"{count} x {what}", "idle_mb": idle,
                          "peak_mb": rss_mb(proc.pid, "VmHWM"), "after_mb": rss_mb(proc.pid, "VmRSS"),
                          "seconds": time.perf_counter() - t, "answered_200": statuses.count(200)})
         finally:
@@ -267,7 +280,7 @@ def main() -> None:
         rows += [throughput(url, images, c, max(10, args.requests // c)) for c in (4, 16)]
     finally:
         stop(proc)
-    mem = memory(model, images[0])
+    mem = memory(model, images[0], images)
     parse = multipart_cost()
     size = None if args.skip_deploy else deploy_size(model)
 
