@@ -1,7 +1,8 @@
 """The prediction API over real HTTP (uvicorn on loopback): cold start, latency and throughput at 1/4/16 clients,
 peak memory under huge images, multipart parse cost, and the size of the packaged Azure Function.
 
-Run: .venv/bin/python -m bench.function [--model M] [--requests 200] [--skip-deploy]
+Run: .venv/bin/python -m bench.function [--model M] [--requests 200] [--skip-deploy] [--compare-with CHECKOUT]
+(the old hand-written server: `git worktree add /tmp/old e9028bd`, then `--compare-with /tmp/old`)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import io
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,11 +256,40 @@ def deploy_size(model: Path) -> list[dict]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def compare(model: Path, images: list[bytes], other: Path, rounds: int, requests: int) -> list[dict]:
+    """Client rows for this checkout's server and for `other` (a checkout of another version, e.g. the old
+    hand-written server: `git worktree add /tmp/old e9028bd`), alternating them `rounds` times; medians."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(rounds):
+        for name, path in (("this", None), ("other", other)):
+            env = {"PYTHONPATH": str(path)} if path else {}
+            port = free_port()
+            proc, _ = start_server(model, port, images[0], **env)
+            try:
+                for _ in range(10):
+                    post(f"http://127.0.0.1:{port}/api/predict", images[0])
+                for clients in (1, 4, 16):
+                    runs.setdefault((name, clients), []).append(
+                        throughput(f"http://127.0.0.1:{port}/api/predict", images, clients,
+                                   max(10, requests // clients)))
+            finally:
+                stop(proc)
+    rows = []
+    for (name, clients), got in runs.items():
+        rows.append({"server": name, "clients": clients, "req_s": statistics.median(r["req_s"] for r in got),
+                     "runs_req_s": "/".join(f"{r['req_s']:.0f}" for r in got),
+                     "p50_ms": statistics.median(r["p50_ms"] for r in got),
+                     "p95_ms": statistics.median(r["p95_ms"] for r in got), "errors": sum(r["errors"] for r in got)})
+    return sorted(rows, key=lambda r: (r["clients"], r["server"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", help="ONNX model (default: the starter)")
     parser.add_argument("--requests", type=int, default=200, help="requests for the one-client run")
     parser.add_argument("--skip-deploy", action="store_true", help="skip the deploy-size install")
+    parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
+                        help="also run another version's server (a checkout), alternating, 3 rounds")
     args = parser.parse_args()
     from birdclf.training.starter import build_starter
 
@@ -280,6 +311,7 @@ def main() -> None:
         rows += [throughput(url, images, c, max(10, args.requests // c)) for c in (4, 16)]
     finally:
         stop(proc)
+    versus = compare(model, images, args.compare_with.resolve(), 3, args.requests) if args.compare_with else None
     mem = memory(model, images[0], images)
     parse = multipart_cost()
     size = None if args.skip_deploy else deploy_size(model)
@@ -287,6 +319,9 @@ def main() -> None:
     print(f"model {model}; photos: {'cub50 test' if SHARED.is_dir() else 'generated'}; cold start (process start "
           f"to first 200, median of 3): {cold_s:.2f} s")
     print_table(rows, ["clients", "requests", "req_s", "p50_ms", "p95_ms", "errors"])
+    if versus:
+        print(f"this checkout against {args.compare_with}, medians of 3 alternating runs:")
+        print_table(versus, ["server", "clients", "req_s", "runs_req_s", "p50_ms", "p95_ms", "errors"])
     print_table(mem, ["images", "idle_mb", "peak_mb", "after_mb", "seconds", "answered_200"])
     print_table(parse, ["body_mb", "one_file_ms_per_mb", "16kb_parts_ms_per_mb", "parts"])
     if size:
@@ -298,11 +333,14 @@ def main() -> None:
                "peak < 500 MB for 8 huge PNGs": mem[1]["peak_mb"] < 500,
                "multipart < 50 ms/MB": all(max(r["one_file_ms_per_mb"], r["16kb_parts_ms_per_mb"]) < 50
                                            for r in parse)}
+    if versus:
+        at16 = {r["server"]: r["req_s"] for r in versus if r["clients"] == 16}
+        targets["16 clients >= the other server"] = at16["this"] >= at16["other"]
     if size:
         targets["deploy <= 150 MB (--build)"] = size[-1]["total_mb"] <= 150
     print("targets:", ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     record = {"machine": machine(), "model": str(model), "cold_start_s": cold_s, "rows": rows, "memory": mem,
-              "multipart": parse, "deploy": size, "targets": targets}
+              "multipart": parse, "deploy": size, "versus": versus, "targets": targets}
     print(f"wrote {write_json('function', record)}")
 
 
