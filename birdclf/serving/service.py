@@ -282,8 +282,8 @@ class PredictionService:
                     abandoned = phase["now"] == "abandoned"
                     phase["now"] = "decoded"
                 if abandoned:
+                    release_bytes()  # bytes first: a free place then always means its bytes are free too
                     self._release_work_slot_from_thread()
-                    release_bytes()
 
         try:
             arrays = await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
@@ -292,8 +292,8 @@ class PredictionService:
                 owner_is_thread = phase["now"] == "running"
                 phase["now"] = "abandoned" if owner_is_thread else "dropped"
             if not owner_is_thread:
-                self.release_work_slot()
                 release_bytes()
+                self.release_work_slot()
             raise
         try:  # model calls are short and bounded: they are waited for, in arrival order, MODEL_CALLS at a time
             predictions = []
@@ -303,11 +303,11 @@ class PredictionService:
                                                               limiter=self.model_limiter)
         finally:
             del arrays
-            self.release_work_slot()
             release_bytes()
+            self.release_work_slot()
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
-                                                for (name, _), p in zip(images, predictions)],
+                                                for (name, _), p in zip(images, predictions, strict=True)],
                 "time_ms": round((time.perf_counter() - started) * 1000.0, 2)}
 
 
