@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 
+from ..constants import MAX_ECHOED
 from ..errors import BirdclfError, BusyError
 
 __all__ = ["BodyTooLarge", "BodyBudget", "RequestBytes", "RequestGuard", "json_error", "send_json", "printable",
-           "REQUEST_BYTES"]
+           "shorten", "REQUEST_BYTES"]
 
 logger = logging.getLogger("birdclf.serving.requests")
 
@@ -96,11 +97,16 @@ class RequestBytes:
         self.budget.give(nbytes)
 
 
+def shorten(text: str, limit: int = MAX_ECHOED) -> str:
+    """`text` cut to `limit` characters, ending in '...' when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def printable(text: str, limit: int = _MAX_LOGGED_PATH) -> str:
     """`text` safe for one log line: control and non-ASCII characters escaped, cut to `limit`."""
     out = text.encode("ascii", "backslashreplace").decode("ascii")
     out = "".join(c if 32 <= ord(c) < 127 else f"\\x{ord(c):02x}" for c in out)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    return shorten(out, limit)
 
 
 def json_error(status: int, message: str) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..constants import DEFAULT_FUNCTION_PORT, DEFAULT_HOST
+from ..constants import DEFAULT_FUNCTION_PORT, DEFAULT_HOST, MAX_TINY_PIECES, MIN_MEAN_PIECE
 from .middleware import json_error
 
 __all__ = ["GuardedH11Protocol", "serve", "uvicorn_config", "HEADER_TIMEOUT_S", "MAX_CONNECTIONS", "BACKLOG",
@@ -23,8 +23,6 @@ HEADER_TIMEOUT_S = 10.0  # a connection must deliver a request's headers within 
 MAX_CONNECTIONS = 512  # open connections beyond this get a JSON 503 and are closed
 LINGER_S = 2.0  # after an early answer (413...), the rest of the body is read and dropped this long, then close
 LINGER_BYTES = 8 * 1024 * 1024  # ... or until this much more arrived
-MAX_TINY_PIECES = 1024  # body pieces (chunks) a request may send before their mean size is checked...
-MIN_MEAN_PIECE = 256  # ... which must then be at least this many bytes: 1-byte chunks cost a parse each
 BACKLOG = 2048
 KEEP_ALIVE_S = 5
 

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..settings import Settings, get_settings
 from .imaging import return_freed_memory_to_os
-from .middleware import REQUEST_BYTES, BodyBudget, RequestGuard
+from .middleware import REQUEST_BYTES, BodyBudget, RequestGuard, shorten
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus, check_top_k
 from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse, UrlRequest
@@ -47,7 +47,6 @@ ROUTES: dict[str, tuple[str, ...]] = {"predict": ("POST",), "health": ("GET", "H
 _RAW_TYPES = ("application/octet-stream", "")
 _MAX_FIELDS = 16  # non-file multipart fields (top_k, captions...)
 _MAX_FIELD_BYTES = 64 * 1024
-_MAX_NAME = 200  # file names and URLs echoed back are cut to this
 _RELOAD_AFTER_S = 30.0  # a model that failed to load is tried again on a request after this
 _ERRORS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large",
            415: "Unsupported media type", 503: "Unavailable"}
@@ -55,10 +54,6 @@ _ERRORS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 3] + "..."
 
 
 class PredictionService:
@@ -176,7 +171,7 @@ class PredictionService:
             return await self._json(request)
         hint = " (curl --data-binary sends that: add -H 'Content-Type: image/jpeg')" \
             if media == "application/x-www-form-urlencoded" else ""
-        raise UnsupportedMediaError(f"unsupported Content-Type {_short(media)!r}{hint}; send an image/* body, "
+        raise UnsupportedMediaError(f"unsupported Content-Type {shorten(media)!r}{hint}; send an image/* body, "
                                     "multipart/form-data files, or JSON {\"url\": ...}")
 
     def _too_many(self, count: int | str) -> ImageTooLargeError:
@@ -201,7 +196,7 @@ class PredictionService:
         files: list[tuple[str, Any]] = []
         for index, (field, value) in enumerate(form.multi_items()):
             if isinstance(value, UploadFile) and value.size:
-                name = _short(value.filename or field or f"file{index}")
+                name = shorten(value.filename or field or f"file{index}")
                 if value.size > self.settings.max_bytes:
                     raise ImageTooLargeError(f"{name} is {value.size} bytes, over the "
                                              f"{self.settings.max_bytes}-byte limit")
@@ -237,7 +232,7 @@ class PredictionService:
         held = getattr(request.state, REQUEST_BYTES, None)
         fetched = await fetch_urls(urls, self.settings.max_bytes, self.settings.url_timeout,
                                    self.settings.allow_private_urls, take=held.take if held else None)
-        return [(_short(url), body) for url, body in zip(urls, fetched)], data
+        return [(shorten(url), body) for url, body in zip(urls, fetched)], data
 
     # -- predicting ------------------------------------------------------------------------------------
     async def predict(self, request: Request) -> dict[str, Any]:
@@ -429,5 +424,5 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
 
 def _not_found(path: str) -> str:
     listed = ", ".join(f"{API_PREFIX}/{r}" for r in ROUTES)
-    return f"no route {_short(path)}; routes: {listed}"
+    return f"no route {shorten(path)}; routes: {listed}"
 

@@ -14,7 +14,9 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
+from ..constants import MAX_TINY_PIECES, MIN_MEAN_PIECE
 from ..errors import BirdclfError, BusyError, ImageTooLargeError, UrlFetchError
+from .middleware import shorten
 
 __all__ = ["MAX_REDIRECTS", "MAX_URL_LENGTH", "check_address", "check_url", "fetch_url", "fetch_urls"]
 
@@ -25,8 +27,6 @@ MAX_URL_LENGTH = 4096
 _CHUNK = 64 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
-MAX_TINY_PIECES = 1024  # body pieces an image URL may send before their mean size is checked (as for uploads)
-MIN_MEAN_PIECE = 256
 # One answer for "does not resolve" and "resolves to an internal address": no oracle for internal DNS names.
 _NOT_PUBLIC = "the URL's host does not resolve to a public internet address: refused"
 
@@ -170,9 +170,9 @@ async def fetch_urls(urls: Sequence[str], max_bytes: int, timeout: float, allow_
             url, task = failed[0]
             exc = task.exception()
             if isinstance(exc, BirdclfError) and len(urls) > 1:
-                raise type(exc)(f"{_short_url(url)}: {exc}") from exc
+                raise type(exc)(f"{shorten(url)}: {exc}") from exc
             raise exc  # type: ignore[misc]
-        slow = [_short_url(url) for url, task in zip(urls, tasks) if not task.done()]
+        slow = [shorten(url) for url, task in zip(urls, tasks) if not task.done()]
         if slow:
             raise UrlFetchError(f"image URL took longer than {timeout:g} s: {', '.join(slow)}")
         return [task.result() for task in tasks]
@@ -180,10 +180,6 @@ async def fetch_urls(urls: Sequence[str], max_bytes: int, timeout: float, allow_
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # every task's outcome is retrieved
-
-
-def _short_url(url: str, limit: int = 200) -> str:
-    return url if len(url) <= limit else url[: limit - 3] + "..."
 
 
 async def fetch_url(url: str, max_bytes: int, timeout: float, allow_private: bool = False) -> bytes:
