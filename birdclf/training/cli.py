@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..cli import print_json
+from ..console import print_json
 from ..errors import BirdclfError, DataError
 
 __all__ = ["add_commands"]
