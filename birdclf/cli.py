@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
-from typing import Any
 
 from . import __version__
+from .console import print_json
 from .constants import DEFAULT_APP_PORT, DEFAULT_FUNCTION_PORT, DEFAULT_HOST, DEFAULT_TOP_K
 from .errors import BirdclfError
 
@@ -20,11 +19,6 @@ _EXTRAS = {**dict.fromkeys(("torch", "torchvision", "fastai", "timm", "onnx", "o
            **dict.fromkeys(("onnxruntime", "fastapi", "starlette", "uvicorn", "h11", "multipart", "python_multipart",
                             "anyio", "pydantic", "azure"), "serve"),
            **dict.fromkeys(("voila", "ipywidgets", "ipykernel", "jupyter_server"), "app")}
-
-
-def print_json(data: Any) -> None:
-    """The one JSON printer of every command."""
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -39,6 +39,10 @@ class Dataset:
         """Sorted class names over all splits."""
         return sorted({label for items in self.items.values() for _, label in items})
 
+    def class_folders(self) -> dict[str, list[str]]:
+        """The class folder names of each split, as on disk (train first)."""
+        return {split: sorted({label for _, label in items}) for split, items in self.items.items()}
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class per split."""
         out: dict[str, dict[str, int]] = {}

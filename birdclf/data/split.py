@@ -22,7 +22,7 @@ Splits = dict[str, list[tuple[Path, str]]]  # split -> [(path, display label)]
 
 
 def _relabel(dataset: Dataset) -> Splits:
-    mapping = label_map(dataset.classes)
+    mapping = label_map(dataset.class_folders())  # folders that differ only in spaces/case across splits merge
     return {split: [(p, mapping[label]) for p, label in items] for split, items in dataset.items.items()}
 
 

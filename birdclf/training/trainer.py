@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "recipe"
            "unfrozen_schedule", "PRECISIONS", "GPU_EPOCHS", "CPU_EPOCHS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+TRAINED = "trained"  # models/trained.pth: the fitted weights, saved when a run fails after training
+logger = logging.getLogger(__name__)
 
 
 FALLBACK_LR = 1e-3
@@ -65,6 +69,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in (None, *PRECISIONS):
             raise BirdclfError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        # Absolute from the start: fastai joins file names onto learn.path, and a notebook may change directory.
+        self.data, self.out = _absolute(self.data), _absolute(self.out)
+        self.feature_cache = _absolute(self.feature_cache)
+
+
+def _absolute(path: str | os.PathLike | None) -> Any:
+    """`path` as an absolute path string (relative to the working directory now); None and '' stay as they are."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
 def recipe(data: str | Path, gpu: bool | None = None, **overrides: Any) -> TrainConfig:
@@ -137,10 +149,10 @@ def _save_plot(draw: Any, path: Path) -> None:
         plt.close(number)
 
 
-def _run_dir(cfg: TrainConfig, arch: str) -> Path:
+def _run_dir(cfg: TrainConfig, arch: str, resume: bool = False) -> Path:
     name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}"
     run_dir = Path(cfg.out) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise BirdclfError(f"run folder {run_dir} already exists: choose another name (TrainConfig.name, --name)")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -159,7 +171,7 @@ class TrainingRun:
     """One run, step by step: the notebooks call the steps and fastai's own Learner methods between them;
     `train` runs them all. Everything lands in `run_dir`."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, _resume: bool = False) -> None:
         """Seed, data, DataLoaders, the Learner (ImageNet weights, frozen body), the run folder and config.json."""
         import torch
         from fastai.torch_core import set_seed
@@ -176,7 +188,7 @@ class TrainingRun:
         config = arch_config(self.arch, labels, cfg.input_size)
         self.dls = make_dataloaders(self.splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
                                     seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale)
-        self.run_dir = _run_dir(cfg, self.arch)
+        self.run_dir = _run_dir(cfg, self.arch, resume=_resume)
         self.learn = make_learner(self.dls, self.arch, config, pretrained=cfg.pretrained, path=self.run_dir,
                                   label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
         self.precision = cfg.precision or ("fp16" if torch.cuda.is_available() else "fp32")
@@ -190,8 +202,33 @@ class TrainingRun:
             "config": asdict(cfg) | {"arch": self.arch}, "weights": self.learn.weights_source,
             "precision": self.precision, "environment": _environment(), "classes": len(self.dls.vocab),
             "images": {k: len(v) for k, v in self.splits.items()}}
-        _write_json(self.run_dir / "config.json", self.record)
-        (self.run_dir / "labels.txt").write_text("\n".join(self.dls.vocab) + "\n")
+        if not _resume:
+            _write_json(self.run_dir / "config.json", self.record)
+            (self.run_dir / "labels.txt").write_text("\n".join(self.dls.vocab) + "\n")
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike) -> TrainingRun:
+        """A run that stopped after (or during) training, rebuilt from its config.json with its fitted weights
+        (models/trained.pth, else the best epoch's models/best.pth): call `finish()` to calibrate, evaluate and
+        export it (`birdclf export RUN` does)."""
+        run_dir = Path(_absolute(run_dir))
+        weights = next((w for w in (TRAINED, "best") if (run_dir / "models" / f"{w}.pth").is_file()), None)
+        if not (run_dir / "config.json").is_file() or weights is None:
+            raise BirdclfError(f"{run_dir} has no trained weights to finish (models/{TRAINED}.pth or models/best.pth "
+                               "and config.json): train again")
+        previous = json.loads((run_dir / "config.json").read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        cfg = TrainConfig(**{k: v for k, v in previous["config"].items() if k in known}
+                          | {"out": str(run_dir.parent), "name": run_dir.name})
+        run = cls(cfg, _resume=True)
+        labels = (run_dir / "labels.txt").read_text().splitlines() if (run_dir / "labels.txt").is_file() else []
+        if labels and labels != list(run.dls.vocab):
+            raise BirdclfError(f"{cfg.data} now has other classes than {run_dir} was trained on")
+        run.learn.load(weights, with_opt=False)
+        run.record = previous | {k: v for k, v in run.record.items() if k not in previous}
+        run.record.pop("failed", None)
+        logger.info("resumed %s from models/%s.pth", run_dir, weights)
+        return run
 
     @property
     def body_changed(self) -> bool:
@@ -253,22 +290,43 @@ class TrainingRun:
         self.timings["fine_tune_s"] = time.perf_counter() - t
 
     def finish(self, lr: float | None = None) -> TrainResult:
-        """Back to fp32 on CPU; valid metrics; calibration (temperature, species and gate thresholds) on the valid
-        split; test evaluation with verdicts; the model card; export.pkl and the verified model.onnx (config,
-        calibration and card inside). `lr`: the learning rate used, when a notebook called fine_tune itself."""
-        from .calibration import calibrate
-        from .card import build_card, write_card
-        from .evaluate import evaluate_learner, label_targets, model_outputs
-
-        learn, cfg = self.learn, self.cfg
+        """After fitting: `calibrate()`, `evaluate()` and `export()`. `lr`: the learning rate used, when a notebook
+        called fine_tune itself. If a step fails, the fitted weights are kept (models/trained.pth) and the error
+        says how to finish (`birdclf export RUN`): hours of GPU training are never lost to a late error."""
         if lr is not None:
             self.record["lr"] = lr
+        try:
+            calibration = self.calibrate()
+            test = self.evaluate(calibration)
+            return self.export(calibration, test)
+        except Exception as exc:
+            raise BirdclfError(f"the run failed after training ({type(exc).__name__}: {exc}); "
+                               f"{self.save_trained()}") from exc
+
+    def save_trained(self) -> str:
+        """Save the fitted weights as models/trained.pth and note the failure in config.json; says how to finish."""
+        try:
+            self.learn.save(TRAINED, with_opt=False)
+            self.record["failed"] = "after training"
+            _write_json(self.run_dir / "config.json", self.record)
+        except Exception as exc:  # the disk itself may be what failed
+            best = self.run_dir / "models" / "best.pth"
+            kept = f"the best epoch's weights are in {best}" if best.is_file() else "no weights could be kept"
+            return f"saving the weights failed too ({exc}); {kept}"
+        return (f"the trained weights are saved in {self.run_dir / 'models' / f'{TRAINED}.pth'}: "
+                f"fix the cause and finish with `birdclf export {self.run_dir}`")
+
+    def calibrate(self) -> Any:
+        """Back to fp32; valid metrics; the bird gate that will ship (the fixed branch if the body moved);
+        calibration (temperature, species and gate thresholds) on the valid split."""
+        from .calibration import calibrate
+        from .evaluate import label_targets, model_outputs
+
+        learn = self.learn
         if len(getattr(learn.recorder, "values", None) or ()):  # fastai records values only once it fitted
             _save_plot(lambda: learn.recorder.plot_loss(), self.run_dir / "loss.png")
         learn.to_fp32()  # metrics, calibration and test evaluation on the training device (the GPU on Colab)
         self.record["valid"] = _valid_metrics(learn)
-        result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
-
         if getattr(learn, "bird_gate", None) is not None and self.body_changed:
             from .gate import fixed_gate  # the fine-tuned body moved: the shared gate drifts (see gate.py)
 
@@ -280,15 +338,31 @@ class TrainingRun:
         calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird)
         self.record["calibration"] = calibration.to_dict()
         self.timings["calibrate_s"] = time.perf_counter() - t
-        if cfg.evaluate and self.splits.get("test"):
-            t = time.perf_counter()
-            result.metrics["test"] = evaluate_learner(learn, self.splits["test"], self.run_dir / "evaluation",
-                                                      calibration=calibration)
-            self.timings["evaluate_s"] = time.perf_counter() - t
-        test = {k: v for k, v in result.metrics.get("test", {}).items() if k != "top_losses"}
+        return calibration
+
+    def evaluate(self, calibration: Any = None) -> dict[str, Any]:
+        """Test metrics with verdicts, plots and per-class report in evaluation/ ({} without a test split)."""
+        from .evaluate import evaluate_learner
+
+        if not (self.cfg.evaluate and self.splits.get("test")):
+            return {}
+        t = time.perf_counter()
+        test = evaluate_learner(self.learn, self.splits["test"], self.run_dir / "evaluation", calibration=calibration)
+        self.timings["evaluate_s"] = time.perf_counter() - t
+        return test
+
+    def export(self, calibration: Any, test: dict[str, Any] | None = None) -> TrainResult:
+        """The model card; export.pkl and the verified model.onnx (config, calibration and card inside)."""
+        from .card import build_card, write_card
+
+        learn, cfg = self.learn, self.cfg
+        result = TrainResult(self.run_dir, {"valid": self.record["valid"]}, self.timings, learn)
+        if test:
+            result.metrics["test"] = test
+        shown = {k: v for k, v in (test or {}).items() if k != "top_losses"}
         name = f"birdclf-{self.arch}"
         card = build_card(name, self.run_dir.name, self.arch, learn.weights_source, cfg.data, cfg.split,
-                          len(learn.dls.vocab), self.record["images"], test, calibration.to_dict())
+                          len(learn.dls.vocab), self.record["images"], shown, calibration.to_dict())
         write_card(self.run_dir, card)
         updates: dict[str, Any] = {"temperature": calibration.temperature,
                                    "species_threshold": calibration.species_threshold, "card": card}
@@ -297,7 +371,7 @@ class TrainingRun:
         learn.birdclf_config = replace(learn.birdclf_config, **updates)
         learn.model.cpu()  # exported from the CPU: export.pkl loads anywhere, and ONNX parity runs on CPU
         learn.dls.cpu()
-        learn.export(self.run_dir / "export.pkl")
+        learn.export("export.pkl")  # a file name: fastai writes it under learn.path, the run folder
         if cfg.onnx:
             from .export import export_learner
 
@@ -317,7 +391,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     run = TrainingRun(cfg)
     if cfg.fast_head:
         run.fit_head_on_features()
-    run.fit()
+    try:
+        run.fit()
+    except Exception as exc:
+        best = run.run_dir / "models" / "best.pth"
+        if not best.is_file():
+            raise
+        raise BirdclfError(f"training stopped ({type(exc).__name__}: {exc}); the best epoch so far is saved in "
+                           f"{best}: finish with `birdclf export {run.run_dir}`, or train again") from exc
     return run.finish()
 
 
