@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .. import __version__
-from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MAX_TOP_K, MODEL_CALLS, SERVE_BATCH
+from ..constants import API_PREFIX, DEFAULT_TOP_K, MAX_JSON_BYTES, MODEL_CALLS, SERVE_BATCH
 from ..errors import (
     BirdclfError,
     BusyError,
@@ -34,9 +34,10 @@ from ..settings import Settings, get_settings
 from .imaging import return_freed_memory_to_os
 from .middleware import REQUEST_BYTES, BodyBudget, RequestGuard, shorten
 from .model_source import resolve_model_path
-from .predictor import Predictor, available_cpus, check_top_k
-from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse, UrlRequest
-from .urlfetch import check_url, fetch_urls
+from .predictor import Predictor, available_cpus
+from .request_models import PredictModels, invalid_request, predict_models, query_top_k, too_many_images
+from .schemas import ErrorResponse, HealthResponse, LabelsResponse, ModelResponse, PredictResponse
+from .urlfetch import fetch_urls
 
 __all__ = ["ROUTES", "PredictionService", "create_app"]
 
@@ -45,11 +46,12 @@ logger = logging.getLogger(__name__)
 ROUTES: dict[str, tuple[str, ...]] = {"predict": ("POST",), "health": ("GET", "HEAD"), "labels": ("GET", "HEAD"),
                                       "model": ("GET", "HEAD"), "docs": ("GET",), "openapi.json": ("GET",)}
 _RAW_TYPES = ("application/octet-stream", "")
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
+                "application/octet-stream")  # documented; any image/* is read
 _MAX_FIELDS = 16  # non-file multipart fields (top_k, captions...)
 _MAX_FIELD_BYTES = 64 * 1024
 _RELOAD_AFTER_S = 30.0  # a model that failed to load is tried again on a request after this
-_ERRORS = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large",
-           415: "Unsupported media type", 503: "Unavailable"}
+_MULTIPART_LOGGER = "python_multipart.multipart"  # warns once per malformed body: a flood of bad requests floods logs
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -63,6 +65,7 @@ class PredictionService:
                  beside: str | os.PathLike | None = None, settings_error: SettingsError | None = None) -> None:
         self.settings = settings
         self.settings_error = settings_error
+        self.models: PredictModels = predict_models(settings.max_images)
         self._model = model
         self._beside = beside
         self._predictor: Predictor | None = None
@@ -156,7 +159,7 @@ class PredictionService:
             return 503, {"status": "error", "error": str(exc), "birdclf": __version__}
 
     # -- reading images from a request ------------------------------------------------------------------
-    async def read_images(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
+    async def read_images(self, request: Request) -> tuple[list[tuple[str, Any]], int | None]:
         """[(name, bytes or UploadFile)] from a raw, multipart or JSON body, and a top_k given in the body."""
         content_type = request.headers.get("content-type", "")
         media = content_type.split(";", 1)[0].strip().lower()
@@ -174,23 +177,21 @@ class PredictionService:
         raise UnsupportedMediaError(f"unsupported Content-Type {shorten(media)!r}{hint}; send an image/* body, "
                                     "multipart/form-data files, or JSON {\"url\": ...}")
 
-    def _too_many(self, count: int | str) -> ImageTooLargeError:
-        return ImageTooLargeError(f"{count} images in one request, over the limit of {self.settings.max_images}")
-
-    async def _multipart(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
-        parser = MultiPartParser(request.headers, request.stream(), max_files=self.settings.max_images,
+    async def _multipart(self, request: Request) -> tuple[list[tuple[str, Any]], int | None]:
+        limit = self.settings.max_images
+        parser = MultiPartParser(request.headers, request.stream(), max_files=limit,
                                  max_fields=_MAX_FIELDS, max_part_size=_MAX_FIELD_BYTES)
         try:
             form = await parser.parse()
         except MultiPartException as exc:
             text = exc.message.lower()
             if "too many files" in text:
-                raise self._too_many("more than " + str(self.settings.max_images)) from exc
+                raise too_many_images(f"more than {limit}", limit) from exc
             if "too many fields" in text:
                 raise ImageTooLargeError(f"more than {_MAX_FIELDS} form fields besides the files") from exc
             if "exceeded maximum size" in text:
                 raise ImageTooLargeError(f"a form field (not a file) is over {_MAX_FIELD_BYTES // 1024} KB") from exc
-            logger.info("malformed multipart body: %s", exc.message)
+            logger.debug("malformed multipart body: %s", exc.message)
             raise BirdclfError("malformed multipart/form-data body (send files as form parts with a name, e.g. "
                                "curl -F file=@bird.jpg)") from exc
         files: list[tuple[str, Any]] = []
@@ -201,12 +202,13 @@ class PredictionService:
                     raise ImageTooLargeError(f"{name} is {value.size} bytes, over the "
                                              f"{self.settings.max_bytes}-byte limit")
                 files.append((name, value))
-        if not files:
-            raise EmptyImageError("no image: the multipart form holds no non-empty file "
-                                  "(send photos as file parts, e.g. curl -F file=@bird.jpg)")
-        return files, {"top_k": form["top_k"]} if isinstance(form.get("top_k"), str) else None
+        top_k = [v for v in form.getlist("top_k") if isinstance(v, str)]
+        if len(top_k) > 1:
+            raise BirdclfError(f"top_k may be given once, not {len(top_k)} times")
+        checked = self.models.parse_form([value for _, value in files], top_k[0] if top_k else None)
+        return files, checked.top_k
 
-    async def _json(self, request: Request) -> tuple[list[tuple[str, Any]], Any]:
+    async def _json(self, request: Request) -> tuple[list[tuple[str, Any]], int | None]:
         body = await _read_body(request, MAX_JSON_BYTES, "JSON body")
         try:
             data = json.loads(body or b"null")
@@ -218,32 +220,21 @@ class PredictionService:
             raise BirdclfError("body is not valid JSON: nested too deeply") from exc
         except ValueError as exc:  # e.g. an integer of thousands of digits
             raise BirdclfError("body is not valid JSON: a number in it is too long") from exc
-        if not isinstance(data, dict) or not ("url" in data or "urls" in data):
-            raise BirdclfError('JSON body must be {"url": "https://..."} or {"urls": [...]}')
-        urls = data.get("urls") if "urls" in data else [data.get("url")]
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-            raise BirdclfError("url must be a non-empty string (urls: a non-empty list of them)")
-        if len(urls) > self.settings.max_images:
-            raise self._too_many(len(urls))
-        for url in urls:
-            check_url(url)
-        if "top_k" in data and request.query_params.get("top_k", "") == "":
-            check_top_k(data["top_k"])  # a bad request is refused before anything is fetched for it
+        checked = self.models.parse_urls(data)  # a bad request is refused before anything is fetched for it
+        urls = checked.all_urls
         held = getattr(request.state, REQUEST_BYTES, None)
         fetched = await fetch_urls(urls, self.settings.max_bytes, self.settings.url_timeout,
                                    self.settings.allow_private_urls, take=held.take if held else None)
-        return [(shorten(url), body) for url, body in zip(urls, fetched)], data
+        return [(shorten(url), body) for url, body in zip(urls, fetched)], checked.top_k
 
     # -- predicting ------------------------------------------------------------------------------------
-    async def predict(self, request: Request) -> dict[str, Any]:
-        """The whole /api/predict: read, decode under the memory budget, run the model, answer."""
+    async def predict(self, request: Request, query_k: int | None = None) -> dict[str, Any]:
+        """The whole /api/predict: read, decode under the memory budget, run the model, answer. top_k: the
+        query's (`query_k`, already validated), else the body's, else the default."""
         started = time.perf_counter()
         predictor = await self.ready_predictor()
-        query_k = request.query_params.get("top_k", "")
-        top_k = check_top_k(query_k) if query_k != "" else DEFAULT_TOP_K
-        images, body = await self.read_images(request)
-        if isinstance(body, dict) and "top_k" in body and query_k == "":
-            top_k = check_top_k(body["top_k"])
+        images, body_k = await self.read_images(request)
+        top_k = query_k or body_k or DEFAULT_TOP_K
         request.state.images = len(images)
         await self.work_slot()
         held = getattr(request.state, REQUEST_BYTES, None)
@@ -319,21 +310,46 @@ async def _read_body(request: Request, limit: int, what: str) -> bytes:
     return bytes(body)
 
 
-_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
-_PREDICT_OPENAPI = {
-    "parameters": [{"name": "top_k", "in": "query", "required": False,
-                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": DEFAULT_TOP_K},
-                    "description": "how many species to list per image"}],
-    "requestBody": {"required": True, "description": "one image as the raw body, image files as multipart form "
-                    "parts, or JSON with image URLs", "content": {
-                        "image/jpeg": _IMAGE_BODY, "image/png": _IMAGE_BODY, "image/webp": _IMAGE_BODY,
-                        "application/octet-stream": _IMAGE_BODY,
-                        "multipart/form-data": {"schema": {"type": "object", "properties": {
-                            "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-                        "application/json": {"schema": UrlRequest.model_json_schema()}}},
-}
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()}
+def _errors(**cases: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: status -> {error, status} with what it means on this route."""
+    return {int(status[1:]): {"model": ErrorResponse, "description": text} for status, text in cases.items()}
+
+
+def _predict_openapi(service: PredictionService) -> tuple[dict[str, Any], dict[int | str, dict[str, Any]]]:
+    """The request body (from the request models) and every error answer of /api/predict."""
+    limits = service.settings
+    image = {"schema": {"type": "string", "format": "binary", "description": (
+        f"one image (JPEG, PNG, WebP, GIF, BMP or TIFF) of at most {limits.max_bytes} bytes (BIRDCLF_MAX_BYTES) and "
+        f"{limits.max_pixels} pixels (BIRDCLF_MAX_PIXELS)")}}
+    forms = {"multipart/form-data": {"schema": service.models.form.model_json_schema()},
+             "application/json": {"schema": service.models.url_body.model_json_schema()}}
+    body = {"requestBody": {"required": True, "content": {**{media: image for media in _IMAGE_TYPES}, **forms},
+                            "description": "one image as the raw body, image files as multipart `file` parts, or "
+                            f"JSON with image URLs; at most {limits.max_images} images (BIRDCLF_MAX_IMAGES), each "
+                            f"of at most {limits.max_bytes} bytes and {limits.max_pixels} pixels"}}
+    responses = _errors(
+        _400="a parameter is invalid, a body is malformed, an image cannot be decoded, or a URL cannot be fetched",
+        _408="the request body did not arrive within BIRDCLF_REQUEST_TIMEOUT seconds",
+        _413=f"over a limit: {limits.max_images} images, {limits.max_bytes} bytes or {limits.max_pixels} pixels "
+             "an image, the decode memory, or the size of a JSON body or form field",
+        _415="the Content-Type is not image/*, application/octet-stream, multipart/form-data or application/json",
+        _503="busy (retry after the Retry-After header's seconds), past the request deadline, or no model loaded")
+    return body, responses
+
+
+def _without_validation_422(app: FastAPI) -> Any:
+    """app.openapi without FastAPI's default 422 answers: invalid requests are answered 400 {error, status}."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+    return openapi
 
 
 def create_app(settings: Settings | None = None, model: str | os.PathLike | None = None,
@@ -348,6 +364,7 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
             settings_error, settings = exc, Settings()
     service = PredictionService(settings, model, beside, settings_error)
     return_freed_memory_to_os()  # decoded photos' memory goes back to the OS, not to per-thread malloc arenas
+    logging.getLogger(_MULTIPART_LOGGER).addFilter(_quiet)  # our own DEBUG line says what was malformed
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
@@ -363,10 +380,12 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
     app.add_middleware(RequestGuard, max_body=service.max_body, timeout=settings.request_timeout,
                        body_budget=service.body_budget, cors_origins=settings.cors_origins)
 
-    @app.post(f"{API_PREFIX}/predict", response_model=PredictResponse, responses=_ERROR_RESPONSES,
-              openapi_extra=_PREDICT_OPENAPI, summary="Top-k species for one or more images")
-    async def predict(request: Request) -> JSONResponse:
-        return JSONResponse(await service.predict(request))
+    predict_body, predict_errors = _predict_openapi(service)
+
+    @app.post(f"{API_PREFIX}/predict", response_model=PredictResponse, responses=predict_errors,
+              openapi_extra=predict_body, summary="Top-k species for one or more images")
+    async def predict(request: Request, top_k: int | None = Depends(query_top_k)) -> JSONResponse:
+        return JSONResponse(await service.predict(request, top_k))
 
     async def health() -> JSONResponse:
         status, body = await service.health()
@@ -384,7 +403,8 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
             ("health", health, HealthResponse, "Is the model loaded (anonymous on Azure, for probes)"),
             ("labels", labels, LabelsResponse, "The species the model knows"),
             ("model", model_card, ModelResponse, "Model info and its model card")):
-        responses = {503: {"model": HealthResponse}} if route == "health" else _ERROR_RESPONSES
+        responses = ({503: {"model": HealthResponse, "description": "the model cannot serve"}} if route == "health"
+                     else _errors(_503="no model loaded (the server log says why), or past the request deadline"))
         app.add_api_route(f"{API_PREFIX}/{route}", endpoint, methods=["GET"], response_model=schema,
                           responses=responses, summary=summary)
         app.add_api_route(f"{API_PREFIX}/{route}", endpoint, methods=["HEAD"], include_in_schema=False)
@@ -415,11 +435,17 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(400, f"invalid request: {where} {first.get('msg', '')}".strip())
+        problem = invalid_request(list(exc.errors()), settings.max_images)
+        return _error(problem.status, str(problem))
+
+    app.openapi = _without_validation_422(app)  # type: ignore[method-assign]
 
     return app
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Drop the multipart parser's per-request warnings (a filter function; the same one is added only once)."""
+    return record.levelno >= logging.ERROR
 
 
 def _not_found(path: str) -> str:
