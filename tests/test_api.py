@@ -216,11 +216,23 @@ def test_openapi_and_docs(client):
 
 def test_cors(birdclf_home):
     with TestClient(create_app(small_settings(birdclf_home, cors_origins=("https://birds.example",)))) as c:
-        r = c.options("/api/predict", headers={"Origin": "https://birds.example"})
+        preflight = {"Origin": "https://birds.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type, x-functions-key"}
+        r = c.options("/api/predict", headers=preflight)
         assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "https://birds.example"
         assert "x-functions-key" in r.headers["access-control-allow-headers"]
+        assert r.headers["access-control-max-age"] == "600" and "POST" in r.headers["access-control-allow-methods"]
+        r = c.get("/api/health", headers={"Origin": "https://birds.example"})
+        assert r.headers["access-control-allow-origin"] == "https://birds.example"
+        r = c.post("/api/predict", content=b"x" * 3_000_000, headers={"Origin": "https://birds.example",
+                                                                      "Content-Type": "image/jpeg"})
+        assert r.status_code == 413 and r.headers["access-control-allow-origin"] == "https://birds.example"
         r = c.get("/api/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+        r = c.options("/api/predict", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code == 400 and "origin" in r.json()["error"] and "access-control-allow-origin" not in r.headers
+        r = c.options("/api/predict", headers={"Origin": "https://birds.example"})  # no preflight: the route's own
+        assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
 
 
 def test_misconfigured_app_starts_and_says_why(monkeypatch, birdclf_home):

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..settings import Settings, get_settings
 from .imaging import return_freed_memory_to_os
-from .middleware import REQUEST_BYTES, BodyBudget, RequestGuard, shorten
+from .middleware import REQUEST_BYTES, BodyBudget, JsonCORSMiddleware, RequestGuard, cors_options, shorten
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus
 from .request_models import PredictModels, invalid_request, predict_models, query_top_k, too_many_images
@@ -378,7 +378,9 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
                               "with URLs) to /api/predict. Every error is JSON {error, status}.")
     app.state.service = service
     app.add_middleware(RequestGuard, max_body=service.max_body, timeout=settings.request_timeout,
-                       body_budget=service.body_budget, cors_origins=settings.cors_origins)
+                       body_budget=service.body_budget)
+    if settings.cors_origins:  # outside the guard: its own refusals (413, 503...) carry the CORS headers too
+        app.add_middleware(JsonCORSMiddleware, **cors_options(settings.cors_origins))
 
     predict_body, predict_errors = _predict_openapi(service)
 
