@@ -428,12 +428,12 @@ def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, 
         started = time.monotonic()
         r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 503 and time.monotonic() - started < 2.0
-        assert service._work_slots.value == service.max_in_flight - 1 and service.body_budget.in_use > 0
+        places = service.admission
+        assert places.free_places == places.capacity - 1 and service.body_budget.in_use > 0
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (service._work_slots.value < service.max_in_flight
-                                               or service.body_budget.in_use):
+        while time.monotonic() < deadline and (places.free_places < places.capacity or service.body_budget.in_use):
             time.sleep(0.1)
-        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0
+        assert places.free_places == places.capacity and service.body_budget.in_use == 0
 
 
 def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatch, reference):
@@ -473,7 +473,7 @@ def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatc
             for image, result in zip(images, r.json()["predictions"]):
                 assert result["top_k"] == reference.predict(image, top_k=2).top_k
         assert seen["largest"] == SERVE_BATCH and 1 < seen["most"] <= MODEL_CALLS
-        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0
+        assert service.admission.free_places == service.admission.capacity and service.body_budget.in_use == 0
 
 
 def _png_header_only(width: int, height: int) -> bytes:

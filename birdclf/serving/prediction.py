@@ -19,7 +19,6 @@ from .. import __version__
 from ..constants import DEFAULT_TOP_K, MAX_JSON_BYTES, MODEL_CALLS, SERVE_BATCH
 from ..errors import (
     BirdclfError,
-    BusyError,
     EmptyImageError,
     ImageTooLargeError,
     ModelNotFoundError,
@@ -27,6 +26,7 @@ from ..errors import (
     UnsupportedMediaError,
 )
 from ..settings import Settings
+from .hardening import Admission
 from .middleware import REQUEST_BYTES, BodyBudget, shorten
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus
@@ -62,8 +62,7 @@ class PredictionService:
         self.max_body = settings.max_bytes * settings.max_images + (1 << 20)
         self.body_budget = BodyBudget(max(settings.upload_budget, self.max_body))  # one largest request always fits
         self.max_in_flight = max(4, 4 * available_cpus())  # requests decoding or predicting; the rest wait
-        self.queue_timeout = min(10.0, settings.request_timeout)
-        self._work_slots: anyio.Semaphore | None = None
+        self.admission = Admission(self.max_in_flight, wait_s=min(10.0, settings.request_timeout))
         self._model_limiter: anyio.CapacityLimiter | None = None
 
     @property
@@ -72,27 +71,6 @@ class PredictionService:
         if self._model_limiter is None:
             self._model_limiter = anyio.CapacityLimiter(MODEL_CALLS)
         return self._model_limiter
-
-    async def work_slot(self) -> None:
-        """Wait (up to queue_timeout) for one of max_in_flight places to decode and predict; BusyError if none.
-        Taken once the body is in, so that slow uploads hold no place."""
-        if self._work_slots is None:
-            self._work_slots = anyio.Semaphore(self.max_in_flight)
-        with anyio.move_on_after(self.queue_timeout):
-            await self._work_slots.acquire()
-            return
-        raise BusyError("the server is busy; please try again in a few seconds")
-
-    def release_work_slot(self) -> None:
-        """Give back the place taken by work_slot (on the event loop's thread)."""
-        if self._work_slots is not None:
-            self._work_slots.release()
-
-    def _release_work_slot_from_thread(self) -> None:
-        try:
-            anyio.from_thread.run_sync(self.release_work_slot)
-        except RuntimeError:  # the event loop is gone (shutting down): nothing waits for the place any more
-            logger.debug("work place released after the event loop stopped")
 
     def load(self) -> None:
         """Load the model now (start-up); a failure is kept and reported by /api/health, never raised."""
@@ -223,65 +201,35 @@ class PredictionService:
         images, body_k = await self.read_images(request)
         top_k = query_k or body_k or DEFAULT_TOP_K
         request.state.images = len(images)
-        await self.work_slot()
-        held = getattr(request.state, REQUEST_BYTES, None)
-        release_bytes = held.hold_past_request() if held else (lambda: None)
-        # waiting -> running -> decoded, or waiting -> dropped (cancelled before it ran), or running -> abandoned
-        # (cancelled while decoding: the decode thread gives the place and the bytes back when it really ends)
-        phase = {"now": "waiting"}
-        phase_lock = threading.Lock()
-
-        def decode() -> list[Any]:
-            """Decode every image in one worker thread, freeing each request body as soon as it is decoded."""
-            with phase_lock:
-                if phase["now"] == "dropped":
-                    return []
-                phase["now"] = "running"
-            try:
-                arrays = []
-                for index, (name, item) in enumerate(images):
-                    try:
-                        arrays.append(predictor.preprocess(item if isinstance(item, bytes) else item.file.read()))
-                    except BirdclfError as exc:
-                        raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
-                    finally:
-                        images[index] = (name, b"")
-                        if not isinstance(item, bytes):
-                            item.file.close()
-                    del item
-                return arrays
-            finally:
-                with phase_lock:
-                    abandoned = phase["now"] == "abandoned"
-                    phase["now"] = "decoded"
-                if abandoned:
-                    release_bytes()  # bytes first: a free place then always means its bytes are free too
-                    self._release_work_slot_from_thread()
-
-        try:
-            arrays = await anyio.to_thread.run_sync(decode, abandon_on_cancel=True)
-        except BaseException:
-            with phase_lock:
-                owner_is_thread = phase["now"] == "running"
-                phase["now"] = "abandoned" if owner_is_thread else "dropped"
-            if not owner_is_thread:
-                release_bytes()
-                self.release_work_slot()
-            raise
-        try:  # model calls are short and bounded: they are waited for, in arrival order, MODEL_CALLS at a time
-            predictions = []
-            for start in range(0, len(arrays), SERVE_BATCH):
+        async with self.admission.hold(request) as admitted:
+            arrays = await anyio.to_thread.run_sync(admitted.in_thread(self._decode), predictor, images,
+                                                    abandon_on_cancel=True)
+            predictions = []  # model calls are short and bounded: waited for in arrival order, MODEL_CALLS at once
+            for start in range(0, len(arrays or ()), SERVE_BATCH):
                 predictions += await anyio.to_thread.run_sync(predictor.predict_arrays,
                                                               arrays[start:start + SERVE_BATCH], top_k,
                                                               limiter=self.model_limiter)
-        finally:
             del arrays
-            release_bytes()
-            self.release_work_slot()
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
                                                 for (name, _), p in zip(images, predictions, strict=True)],
                 "time_ms": round((time.perf_counter() - started) * 1000.0, 2)}
+
+    @staticmethod
+    def _decode(predictor: Predictor, images: list[tuple[str, Any]]) -> list[Any]:
+        """Decode every image (in a worker thread), freeing each request body as soon as it is decoded."""
+        arrays = []
+        for index, (name, item) in enumerate(images):
+            try:
+                arrays.append(predictor.preprocess(item if isinstance(item, bytes) else item.file.read()))
+            except BirdclfError as exc:
+                raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
+            finally:
+                images[index] = (name, b"")
+                if not isinstance(item, bytes):
+                    item.file.close()
+            del item
+        return arrays
 
 
 async def _read_body(request: Request, limit: int, what: str) -> bytes:
