@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BirdclfError", "InvalidImageError", "EmptyImageError", "ImageTooLargeError",
     "UnsupportedMediaError", "ModelNotFoundError", "ModelFormatError", "ExportError",
-    "DataError", "WeightsUnavailableError", "UrlFetchError", "SettingsError", "BusyError", "RequestTimeoutError",
+    "DataError", "WeightsUnavailableError", "UrlFetchError", "SettingsError", "BusyError",
 ]
 
 
@@ -73,9 +73,3 @@ class BusyError(BirdclfError, RuntimeError):
     """The server is at capacity; the client may retry shortly."""
 
     status = 503
-
-
-class RequestTimeoutError(BirdclfError, TimeoutError):
-    """The request's body did not arrive, or its work did not finish, within the request deadline."""
-
-    status = 408

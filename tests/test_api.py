@@ -216,11 +216,23 @@ def test_openapi_and_docs(client):
 
 def test_cors(birdclf_home):
     with TestClient(create_app(small_settings(birdclf_home, cors_origins=("https://birds.example",)))) as c:
-        r = c.options("/api/predict", headers={"Origin": "https://birds.example"})
+        preflight = {"Origin": "https://birds.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "content-type, x-functions-key"}
+        r = c.options("/api/predict", headers=preflight)
         assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "https://birds.example"
         assert "x-functions-key" in r.headers["access-control-allow-headers"]
+        assert r.headers["access-control-max-age"] == "600" and "POST" in r.headers["access-control-allow-methods"]
+        r = c.get("/api/health", headers={"Origin": "https://birds.example"})
+        assert r.headers["access-control-allow-origin"] == "https://birds.example"
+        r = c.post("/api/predict", content=b"x" * 3_000_000, headers={"Origin": "https://birds.example",
+                                                                      "Content-Type": "image/jpeg"})
+        assert r.status_code == 413 and r.headers["access-control-allow-origin"] == "https://birds.example"
         r = c.get("/api/health", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+        r = c.options("/api/predict", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.status_code == 400 and "origin" in r.json()["error"] and "access-control-allow-origin" not in r.headers
+        r = c.options("/api/predict", headers={"Origin": "https://birds.example"})  # no preflight: the route's own
+        assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
 
 
 def test_misconfigured_app_starts_and_says_why(monkeypatch, birdclf_home):
@@ -416,12 +428,12 @@ def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, 
         started = time.monotonic()
         r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 503 and time.monotonic() - started < 2.0
-        assert service._work_slots.value == service.max_in_flight - 1 and service.body_budget.in_use > 0
+        places = service.admission
+        assert places.free_places == places.capacity - 1 and service.body_budget.in_use > 0
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (service._work_slots.value < service.max_in_flight
-                                               or service.body_budget.in_use):
+        while time.monotonic() < deadline and (places.free_places < places.capacity or service.body_budget.in_use):
             time.sleep(0.1)
-        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0
+        assert places.free_places == places.capacity and service.body_budget.in_use == 0
 
 
 def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatch, reference):
@@ -461,4 +473,86 @@ def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatc
             for image, result in zip(images, r.json()["predictions"]):
                 assert result["top_k"] == reference.predict(image, top_k=2).top_k
         assert seen["largest"] == SERVE_BATCH and 1 < seen["most"] <= MODEL_CALLS
-        assert service._work_slots.value == service.max_in_flight and service.body_budget.in_use == 0
+        assert service.admission.free_places == service.admission.capacity and service.body_budget.in_use == 0
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds almost none (Pillow reads only the header to open it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # over Pillow's own warning limit; over its error limit
+def test_decompression_bomb_413_quotes_the_configured_limit(client, side):
+    r = client.post("/api/predict", content=_png_header_only(side, side), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "4000000-pixel limit" in r.json()["error"], r.text
+    assert "89478485" not in r.text and "178956970" not in r.text
+
+
+@pytest.mark.parametrize("query", ["top_k=", "top_k=abc&top_k=", "top_k=&top_k=abc", "top_k=3&top_k=3", "top_k=+3"])
+def test_top_k_in_the_query_empty_or_repeated_is_400(client, query):
+    r = client.post(f"/api/predict?{query}", content=make_image(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and "top_k" in r.json()["error"] and r.json()["status"] == 400, r.text
+
+
+def test_top_k_in_a_form_is_checked_like_the_query(client):
+    for value in ("", "abc", "0"):
+        r = client.post("/api/predict", files=multipart([("a.jpg", make_image())]), data={"top_k": value})
+        assert r.status_code == 400 and "top_k" in r.json()["error"], (value, r.text)
+    r = client.post("/api/predict?top_k=1", files=multipart([("a.jpg", make_image())]), data={"top_k": "4"})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["top_k"]) == 1  # the query wins
+
+
+def test_json_nulls_the_schema_allows_are_accepted(client, image_host):
+    url = f"{image_host}/bird.jpg"
+    for body in ({"url": url, "urls": None, "top_k": None}, {"url": None, "urls": [url]}, {"urls": [url], "top_k": 2}):
+        r = client.post("/api/predict", json=body)
+        assert r.status_code == 200, (body, r.text)
+        assert r.json()["top_k"] == (body.get("top_k") or 5) and r.json()["predictions"][0]["filename"] == url
+    r = client.post("/api/predict", json={"url": url, "urls": [url]})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2  # both: nothing given is dropped
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"url": None, "urls": None}, '{"url"'), ({"url": "https://example.org/a.jpg", "top_k": "3"}, "top_k"),
+    ({"url": "https://example.org/a.jpg", "top_k": True}, "top_k"), ({"url": "https://example.org/a", "top_k": 2.0},
+                                                                      "top_k"),
+    ({"urls": "https://example.org/a.jpg"}, "urls"), ({"urls": [None]}, "non-empty string"),
+])
+def test_json_the_schema_forbids_is_400_in_our_words(client, body, words):
+    r = client.post("/api/predict", json=body)
+    assert r.status_code == 400 and words in r.json()["error"] and "Input should" not in r.json()["error"], r.text
+
+
+def test_openapi_states_the_real_limits_and_errors(client):
+    schema = client.get("/api/openapi.json").json()
+    post = schema["paths"]["/api/predict"]["post"]
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"] and form["properties"]["file"]["maxItems"] == 4
+    urls = post["requestBody"]["content"]["application/json"]["schema"]["properties"]["urls"]["anyOf"][0]
+    assert urls["maxItems"] == 4 and urls["minItems"] == 1
+    (top_k,) = post["parameters"]
+    assert top_k["schema"]["minimum"] == 1 and top_k["schema"]["maximum"] == 50
+    assert {"400", "408", "413", "415", "503"} <= set(post["responses"]) and "422" not in post["responses"]
+    for status in ("400", "413", "503"):
+        assert post["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
+    assert "4000000" in post["responses"]["413"]["description"] and "2000000" in json.dumps(post["requestBody"])
+    assert "HTTPValidationError" not in json.dumps(schema)
+
+
+def test_a_malformed_multipart_header_logs_one_quiet_line(client, caplog):
+    body = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nBad Header: v\r\n\r\n'
+            b'v\r\n--x--\r\n')
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            r = client.post("/api/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=x"})
+            assert r.status_code == 400 and "malformed multipart" in r.json()["error"]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
+    mine = [rec for rec in caplog.records if rec.name != "birdclf.serving.requests" and "multipart" in rec.getMessage()]
+    assert len(mine) <= 3 and all(rec.levelno <= logging.INFO for rec in mine), caplog.text

@@ -10,12 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from birdclf.errors import ImageTooLargeError, UrlFetchError
-from birdclf.serving.urlfetch import check_address
-from birdclf.serving.urlfetch import fetch_url as fetch_async
+from birdclf.serving.urlfetch import check_address, fetch_urls
 
 
 def fetch_url(url: str, max_bytes: int, timeout: float = 5.0, allow_private: bool = False) -> bytes:
-    return asyncio.run(fetch_async(url, max_bytes, timeout, allow_private))
+    return asyncio.run(fetch_urls([url], max_bytes, timeout, allow_private))[0]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254",

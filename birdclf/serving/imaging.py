@@ -224,7 +224,7 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     data = _read_bytes(source, limits)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit follows open()
             facts = precheck(data)  # parse bombs are refused before Pillow parses anything
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
@@ -257,8 +257,8 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
                     rgb = rgb.transpose(_TRANSPOSE[orientation])
     except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image has too many pixels (over {Image.MAX_IMAGE_PIXELS})") from exc
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, refused inside open()
+        raise ImageTooLargeError(f"image has too many pixels, over the {limits.max_pixels}-pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError(f"not a readable image (supported: {', '.join(ALLOWED_FORMATS)})") from exc
     except MemoryError as exc:

@@ -1,6 +1,6 @@
-"""The ASGI guard around the API: body size cap (chunked bodies too), a budget over the bodies of all requests in
-flight, one deadline per request, CORS, a JSON answer for every failure, and one log line per request (with
-control characters escaped)."""
+"""The ASGI layers around the API: the guard (body size cap, chunked bodies too; a budget over the bodies of all
+requests in flight; one deadline per request; a JSON answer for every failure; one log line per request, control
+characters escaped) and Starlette's CORS with JSON refusals."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from ..constants import MAX_ECHOED
 from ..errors import BirdclfError, BusyError
 
-__all__ = ["BodyTooLarge", "BodyBudget", "RequestBytes", "RequestGuard", "json_error", "send_json", "printable",
+__all__ = ["JsonCORSMiddleware", "cors_options",
+           "BodyTooLarge", "BodyBudget", "RequestBytes", "RequestGuard", "json_error", "send_json", "printable",
            "shorten", "REQUEST_BYTES"]
 
 logger = logging.getLogger("birdclf.serving.requests")
@@ -132,25 +136,11 @@ def _header(scope: Scope, name: bytes) -> str:
 class RequestGuard:
     """Wraps the API app: every request is bounded in body bytes, time and concurrency, and always answered."""
 
-    def __init__(self, app: ASGIApp, max_body: int, timeout: float, body_budget: BodyBudget,
-                 cors_origins: tuple[str, ...] = ()) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, timeout: float, body_budget: BodyBudget) -> None:
         self.app = app
         self.max_body = max_body
         self.timeout = timeout
         self.body_budget = body_budget
-        self.cors_origins = set(cors_origins)
-
-    def _cors(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        origin = _header(scope, b"origin").rstrip("/")
-        if not origin or not ("*" in self.cors_origins or origin in self.cors_origins):
-            return []
-        headers = [(b"access-control-allow-origin", b"*" if "*" in self.cors_origins else origin.encode("latin-1")),
-                   (b"vary", b"Origin")]
-        if scope["method"] == "OPTIONS":
-            headers += [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                        (b"access-control-allow-headers", b"Content-Type, x-functions-key"),
-                        (b"access-control-max-age", b"600")]
-        return headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,7 +154,6 @@ class RequestGuard:
             scope = dict(scope, path=path.rstrip("/") or "/")
         held = RequestBytes(self.body_budget)
         scope.setdefault("state", {})[REQUEST_BYTES] = held
-        cors = self._cors(scope)
 
         async def guarded_receive() -> Message:
             message = await receive()
@@ -185,13 +174,12 @@ class RequestGuard:
         async def tracked_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"], state["sent"] = message["status"], True
-                message = dict(message, headers=[*message.get("headers", ()), *cors])
             await send(message)
 
         async def fail(status: int, text: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
             if not state["sent"]:
                 state["status"], state["sent"] = status, True
-                await send_json(send, status, json_error(status, text), [*cors, *(extra or [])])
+                await send_json(send, status, json_error(status, text), extra)
 
         length = _header(scope, b"content-length")
         try:
@@ -223,3 +211,22 @@ class RequestGuard:
             images = (scope.get("state") or {}).get("images", "-")
             logger.info("%s %s %s images=%s bytes=%d %.1f ms", printable(scope["method"], 16), printable(path),
                         state["status"], images, state["received"], (time.perf_counter() - started) * 1000.0)
+
+
+def cors_options(origins: tuple[str, ...]) -> dict[str, Any]:
+    """Starlette CORSMiddleware's options for BIRDCLF_CORS_ORIGINS (the web app's methods and headers)."""
+    return {"allow_origins": list(origins), "allow_methods": ["GET", "POST", "OPTIONS"],
+            "allow_headers": ["Content-Type", "x-functions-key"], "max_age": 600}
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS; a preflight is answered 204 when allowed and with a JSON 400 naming what is not."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight answer, in this API's form (every answer is JSON or empty)."""
+        answer = super().preflight_response(request_headers)
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")}
+        if answer.status_code == 200:
+            return Response(status_code=204, headers=headers)
+        text = bytes(answer.body).decode("latin-1", "replace")  # "Disallowed CORS origin, headers"
+        return Response(json_error(400, text), status_code=400, headers=headers, media_type="application/json")

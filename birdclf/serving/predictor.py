@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from ..settings import Settings, get_settings
 from .imaging import ImageLimits, ImageSource, preprocess
 from .model_source import resolve_model_path
 
-__all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax", "check_top_k"]
+__all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +36,11 @@ def available_cpus() -> int:
     return max(1, count)
 
 
-def check_top_k(top_k: Any) -> int:
-    """Validate k: an integer (or its text) from 1 to MAX_TOP_K."""
-    if isinstance(top_k, int) and not isinstance(top_k, bool):
-        k = top_k
-    elif isinstance(top_k, str) and 0 < len(top_k.strip()) <= 3 and top_k.strip().isascii() \
-            and top_k.strip().isdigit():
-        k = int(top_k.strip())  # ASCII digits only: not "５", "1_0" or "3.0"
-    else:
-        k = -1
-    if not 1 <= k <= MAX_TOP_K:
-        shown = repr(top_k) if len(repr(top_k)) <= 40 else repr(top_k)[:37] + "..."
-        raise BirdclfError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {shown}")
-    return k
+def _checked_top_k(top_k: Any) -> int:
+    """k for the Python API: an int from 1 to MAX_TOP_K (HTTP requests are validated by their request models)."""
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise BirdclfError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r:.40}")
+    return int(top_k)
 
 
 def verdict_of(confidence: float, bird_probability: float | None, bird_threshold: float,
@@ -166,11 +159,9 @@ class Predictor:
             return Prediction(top, None, None, verdict)
         return Prediction(top, round(float(bird), 6), bool(bird >= self.bird_threshold), verdict)
 
-    check_top_k = staticmethod(check_top_k)
-
     def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
         """Predict already-preprocessed CHW arrays, in batches."""
-        top_k = self.check_top_k(top_k)
+        top_k = _checked_top_k(top_k)
         out: list[Prediction] = []
         for start in range(0, len(arrays), self.batch_size):
             batch = np.stack(arrays[start:start + self.batch_size])

@@ -18,7 +18,7 @@ from ..constants import MAX_TINY_PIECES, MIN_MEAN_PIECE
 from ..errors import BirdclfError, BusyError, ImageTooLargeError, UrlFetchError
 from .middleware import shorten
 
-__all__ = ["MAX_REDIRECTS", "MAX_URL_LENGTH", "check_address", "check_url", "fetch_url", "fetch_urls"]
+__all__ = ["MAX_REDIRECTS", "MAX_URL_LENGTH", "check_address", "check_url", "fetch_urls"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,3 @@ async def fetch_urls(urls: Sequence[str], max_bytes: int, timeout: float, allow_
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # every task's outcome is retrieved
 
-
-async def fetch_url(url: str, max_bytes: int, timeout: float, allow_private: bool = False) -> bytes:
-    """GET one URL (redirects checked) and return at most `max_bytes` of body, within `timeout` seconds in all."""
-    return (await fetch_urls([url], max_bytes, timeout, allow_private))[0]

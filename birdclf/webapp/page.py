@@ -13,7 +13,7 @@ from .client import ApiClient, AppError
 from .photos import FORMATS_TEXT, SEND_PIXELS, Photo, PhotoError, prepare_photo
 
 __all__ = ["TITLE", "UPLOAD_LIMIT_MB", "KERNEL_CHECK_S", "species_link", "coverage_text", "render_result",
-           "render_error", "render_pending", "page_script", "upload_guard_script", "build_app"]
+           "render_error", "render_pending", "page_script", "build_app"]
 
 TITLE = "Which bird is this?"
 UPLOAD_LIMIT_MB = 60  # per upload (all photos chosen at once, after the browser shrank them); voila.json allows 64
@@ -289,7 +289,6 @@ def page_script(limit_mb: int = UPLOAD_LIMIT_MB, send_pixels: int = SEND_PIXELS,
         .replace("__CHECK_S__", str(int(check_s)))
 
 
-upload_guard_script = page_script  # the name app.ipynb used before the script did more than guard uploads
 
 
 def _results(cards: list[str], run: int, final: bool) -> str:
