@@ -11,6 +11,7 @@ from birdclf.training.calibration import (
     calibrate,
     fit_temperature,
     gate_threshold,
+    precision_bound,
     risk_coverage,
     softmax,
     species_threshold,
@@ -44,6 +45,33 @@ def test_species_threshold_reaches_the_target_precision():
     curve = risk_coverage(confidence, correct)
     assert curve[0]["coverage"] < curve[-1]["coverage"] == 1.0
     assert species_threshold(confidence, np.zeros_like(correct), 0.9) == 1.0  # never right: never "species"
+
+
+def test_precision_bounds():
+    answered = np.array([10, 146, 1000])
+    point = precision_bound(answered, answered, "point")
+    wilson = precision_bound(answered, answered, "wilson", 0.9)
+    exact = precision_bound(answered, answered, "clopper-pearson", 0.9)
+    assert (point == 1).all() and (np.diff(wilson) > 0).all()  # more photos, tighter bound
+    assert abs(wilson[1] - 0.9889) < 1e-3  # 146 of 146 right: at least 98.9% with 90% confidence
+    assert abs(exact[0] - 0.1 ** 0.1) < 1e-9  # Clopper-Pearson at zero errors: (1 - level) ** (1 / n)
+    assert (exact <= wilson + 1e-9).all() and precision_bound(0, 5, "wilson") < 1e-9
+    with pytest.raises(ValueError, match="unknown precision bound"):
+        precision_bound(answered, answered, "bayes")
+
+
+def test_bounded_threshold_is_stricter_on_few_photos():
+    """On 100 photos the point estimate answers down to where precision just touches the target; the Wilson bound
+    waits for evidence, and the card says what the chosen threshold rests on."""
+    logits, targets = synthetic(100, seed=3)
+    probs = softmax(logits, 2.5)
+    confidence, correct = probs.max(1), probs.argmax(1) == targets
+    point = species_threshold(confidence, correct, 0.8)
+    bounded = species_threshold(confidence, correct, 0.8, "wilson")
+    assert point < bounded < 1.0
+    cal = calibrate(logits, targets, target_precision=0.8, bound="wilson", source="out-of-fold")
+    assert cal.coverage > 0 and cal.precision_bound >= 0.8 and cal.images == 100 and cal.bound == "wilson"
+    assert "100 photos (out-of-fold" in cal.summary() and "Wilson bound" in cal.summary()
 
 
 def test_gate_threshold_lets_the_birds_through():

@@ -73,6 +73,23 @@ def test_fast_head_matches_head_trained_the_normal_way(shared_bird_dataset):
     assert fast_acc >= 0.75 and normal_acc >= 0.75 and abs(fast_acc - normal_acc) <= 0.25
 
 
+def test_out_of_fold_logits_cover_train_and_valid(shared_bird_dataset):
+    """Every train and valid photo gets logits from a head fitted without its fold; the full head is untouched."""
+    from birdclf.training.features import fit_head_on_features, fold_of, head_logits, out_of_fold_logits
+
+    learn = make_learner(_dls(shared_bird_dataset, augment=False), "tf_efficientnet_lite0", SMALL)
+    fit_head_on_features(learn, epochs=8, lr=3e-3, bs=8, flip=True, seed=0)
+    cached = learn.cached_features
+    before = head_logits(learn.model[1][2:], cached.x_valid)
+    logits, labels = out_of_fold_logits(cached, folds=3)
+    n = len(cached.y_train) + len(cached.y_valid)
+    assert logits.shape == (n, len(learn.dls.vocab)) and (labels[len(cached.y_train):] == cached.y_valid).all()
+    assert (logits.argmax(1) == labels).mean() >= 0.6  # held-out heads still see the classes
+    assert np.allclose(before, head_logits(learn.model[1][2:], cached.x_valid))
+    folds = fold_of(labels, 3)
+    assert all(len(np.unique(folds[labels == c])) == min(3, (labels == c).sum()) for c in np.unique(labels))
+
+
 def test_feature_cache_is_reused(shared_bird_dataset, tmp_path):
     from birdclf.training.features import extract_features
 

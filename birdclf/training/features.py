@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["feature_key", "extract_features", "fit_head_on_features"]
+__all__ = ["feature_key", "extract_features", "fit_head_on_features", "HeadFit", "CachedFeatures", "train_head",
+           "head_logits", "fold_of", "out_of_fold_logits"]
 
 
 def feature_key(learn: Any, paths: list[Path], flip: bool) -> str:
@@ -59,34 +62,120 @@ def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int
                          cache_dir: str | os.PathLike | None = None, seed: int = 42, wd: float | None = 0.1,
                          label_smoothing: float = 0.1) -> dict[str, Any]:
     """Train the Learner's own head (after pooling) with fastai's one-cycle on cached features; the head is
-    trained in place, so the Learner then predicts, exports and fine-tunes as usual."""
-    import torch
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
-    from fastai.metrics import accuracy
-    from fastai.torch_core import set_seed
-
+    trained in place, so the Learner then predicts, exports and fine-tunes as usual. The features are kept on the
+    Learner (`learn.cached_features`) for out-of-fold calibration."""
     train_ds, valid_ds = learn.dls.train_ds, learn.dls.valid_ds
     y_train = np.array([int(train_ds.tls[1][i]) for i in range(len(train_ds))])  # labels only, no image decode
     y_valid = np.array([int(valid_ds.tls[1][i]) for i in range(len(valid_ds))])
     train_paths, valid_paths = list(train_ds.items), list(valid_ds.items)
     x_train = extract_features(learn, train_paths, flip=flip, cache_dir=cache_dir)
     x_valid = extract_features(learn, valid_paths, flip=False, cache_dir=cache_dir)
-    if flip:
-        y_train = np.concatenate([y_train, y_train])
-    set_seed(seed, reproducible=True)
+    settings = HeadFit(epochs=epochs, lr=lr, bs=bs, wd=wd, label_smoothing=label_smoothing, seed=seed)
+    head = learn.model[1][2:]
+    learn.cached_features = CachedFeatures(x_train, y_train, x_valid, y_valid, flip, settings, copy.deepcopy(head))
+    metrics = train_head(head, x_train, np.concatenate([y_train, y_train]) if flip else y_train, x_valid, y_valid,
+                         settings)
+    return {**settings.to_dict(), "train_features": int(len(x_train)), **metrics,
+            "feature_dim": int(x_train.shape[1])}
+
+
+@dataclass(frozen=True)
+class HeadFit:
+    """How the head is fitted on cached features (fastai one-cycle)."""
+
+    epochs: int = 40
+    lr: float = 4e-3
+    bs: int = 128
+    wd: float | None = 0.1
+    label_smoothing: float = 0.1
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (without the seed, as the run records it elsewhere)."""
+        return {k: v for k, v in asdict(self).items() if k != "seed"}
+
+
+@dataclass
+class CachedFeatures:
+    """The pooled features the head was fitted on: train (then their mirrored copies if `flip`) and valid."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray  # one label per train photo (not per mirrored copy)
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    flip: bool
+    fit: HeadFit
+    untrained_head: Any  # a copy of the head before fitting: where out-of-fold fits start from
+
+
+def train_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+               fit: HeadFit) -> dict[str, float]:
+    """Fit `head` (in place, on the CPU, then back on its device) on feature arrays with fastai's one-cycle."""
+    import torch
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
+
+    set_seed(fit.seed, reproducible=True)
     train_set = list(zip(torch.from_numpy(x_train), torch.from_numpy(y_train).long()))
     valid_set = list(zip(torch.from_numpy(x_valid), torch.from_numpy(y_valid).long()))
-    dls = DataLoaders.from_dsets(train_set, valid_set, bs=bs, device=torch.device("cpu"))
-    head = learn.model[1][2:]
+    dls = DataLoaders.from_dsets(train_set, valid_set, bs=fit.bs, device=torch.device("cpu"), num_workers=0)
     device = next(head.parameters()).device
     head.cpu()
-    loss_func = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    head_learn = Learner(dls, head, loss_func=loss_func, metrics=[accuracy], wd=wd)
+    loss_func = torch.nn.CrossEntropyLoss(label_smoothing=fit.label_smoothing)
+    head_learn = Learner(dls, head, loss_func=loss_func, metrics=[accuracy], wd=fit.wd)
     with head_learn.no_bar(), head_learn.no_logging():
-        head_learn.fit_one_cycle(epochs, lr)
-        loss, acc = head_learn.validate()
+        head_learn.fit_one_cycle(fit.epochs, fit.lr)
+        loss, acc = head_learn.validate() if len(valid_set) else (float("nan"), float("nan"))
     head.to(device)
-    return {"epochs": epochs, "lr": lr, "bs": bs, "wd": wd, "label_smoothing": label_smoothing,
-            "train_features": int(len(x_train)), "valid_accuracy": float(acc),
-            "valid_loss": float(loss), "feature_dim": int(x_train.shape[1])}
+    return {"valid_accuracy": float(acc), "valid_loss": float(loss)}
+
+
+def head_logits(head: Any, x: np.ndarray, bs: int = 512) -> np.ndarray:
+    """The head's logits for feature rows (eval mode, on the CPU)."""
+    import torch
+
+    was_training, device = head.training, next(head.parameters()).device
+    head.eval().cpu()
+    with torch.inference_mode():
+        out = np.concatenate([head(torch.from_numpy(x[i:i + bs])).float().numpy() for i in range(0, len(x), bs)])
+    head.train(was_training).to(device)
+    return out
+
+
+def fold_of(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """A fold number per photo, stratified: each class's photos shuffled and dealt round the folds."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=np.int64)
+    start = 0
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        out[idx] = (np.arange(len(idx)) + start) % folds
+        start += len(idx)  # classes smaller than `folds` do not all land in fold 0
+    return out
+
+
+def out_of_fold_logits(cached: CachedFeatures, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of every train and valid photo from a head fitted without that photo's fold (the same recipe from the
+    same start on the other folds' features, mirrored copies of train photos included): many times the photos a
+    validation split gives to calibrate on. Returns (logits, labels)."""
+    n_train = len(cached.y_train)
+    x = np.concatenate([cached.x_train[:n_train], cached.x_valid])
+    y = np.concatenate([cached.y_train, cached.y_valid])
+    mirrored = cached.x_train[n_train:] if cached.flip else np.empty((0, x.shape[1]), x.dtype)
+    fold = fold_of(y, folds, cached.fit.seed)
+    logits = np.zeros((len(y), _out_features(cached.untrained_head)), np.float32)
+    for k in range(folds):
+        held, kept = fold == k, fold != k
+        kept_mirrored = kept[:len(mirrored)]  # a train photo's mirrored copy stays with it
+        x_fit = np.concatenate([x[kept], mirrored[kept_mirrored]])
+        y_fit = np.concatenate([y[kept], y[:len(mirrored)][kept_mirrored]])
+        fresh = copy.deepcopy(cached.untrained_head)
+        train_head(fresh, x_fit, y_fit, x[held], y[held], cached.fit)
+        logits[held] = head_logits(fresh, x[held])
+    return logits, y
+
+
+def _out_features(head: Any) -> int:
+    return [m for m in head.modules() if hasattr(m, "out_features")][-1].out_features
