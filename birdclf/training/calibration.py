@@ -14,7 +14,8 @@ from ..constants import STARTER_BIRD_THRESHOLD
 
 __all__ = ["Calibration", "fit_temperature", "species_threshold", "gate_threshold", "calibrate",
            "risk_coverage", "abstention_stats", "softmax", "precision_bound", "TARGET_PRECISION", "TARGET_BIRD_PASS",
-           "BOUND_LEVEL", "OOF_TARGET_PRECISION", "OOF_BOUND"]
+           "BOUND_LEVEL", "OOF_TARGET_PRECISION", "OOF_BOUND",
+           "OOF_FOLDS", "OOF_MAX_PHOTOS"]
 
 TARGET_PRECISION = 0.98  # top-1 accuracy wanted among the answers given as "species"
 TARGET_BIRD_PASS = 0.99  # share of (validation) bird photos the gate must let through
@@ -22,6 +23,8 @@ MIN_GATE_THRESHOLD = 0.02
 BOUND_LEVEL = 0.9  # one-sided confidence of the precision bound the model card states
 OOF_TARGET_PRECISION = 0.97  # out-of-fold calibration (cached-feature head): Wilson bound at BOUND_LEVEL >= this
 OOF_BOUND = "wilson"  # chosen by bench/calibration.py: met the 97% target on test photos in 20 of 20 splits
+OOF_FOLDS = 5
+OOF_MAX_PHOTOS = 20_000  # above this, out-of-fold refits cost minutes and the validation split is large anyway
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
