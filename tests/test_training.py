@@ -142,6 +142,8 @@ def test_fast_head_run_calibrates_out_of_fold(shared_bird_dataset, tmp_path):
     assert 0 <= cal["precision_bound"] <= cal["precision"] <= 1
     assert "(out-of-fold predictions over train+valid)" in (result.run_dir / "MODEL_CARD.md").read_text()
     assert not hasattr(load_learner(result.run_dir / "export.pkl"), "cached_features")
+    assert (result.run_dir / "evaluation" / "reliability.png").exists()
+    assert "expected calibration error" in (result.run_dir / "MODEL_CARD.md").read_text()
 
 
 def test_exported_onnx_serves_the_learner(run, shared_bird_dataset):

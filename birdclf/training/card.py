@@ -49,6 +49,9 @@ def build_card(name: str, version: str, arch: str, weights: str, data: str | os.
                 "level": calibration["level"], "summary": Calibration(**calibration).summary()}
         if test and test.get("abstention"):
             card["abstention"]["test"] = test["abstention"]
+        if test and test.get("reliability"):
+            card["abstention"]["reliability"] = {"ece": test["reliability"]["ece"],
+                                                 "figure": "evaluation/reliability.png"}
         card["gate"] = {"kind": "the backbone's ImageNet classifier beside the new head; P(bird) = mass of "
                                 "ImageNet's 59 bird classes",
                         "bird_threshold": calibration.get("bird_threshold"),
@@ -95,6 +98,9 @@ def render_card(card: dict[str, Any]) -> str:
         if "test" in ab:
             lines.append(f"- Test: {_pct(ab['test']['coverage'])} answered `species`, "
                          f"{_pct(ab['test']['precision'])} of them right.")
+        if "reliability" in ab:
+            lines.append(f"- Reliability on the test photos (confidence against accuracy): expected calibration "
+                         f"error {_pct(ab['reliability']['ece'])}; figure `{ab['reliability']['figure']}`.")
         lines.append("")
     if "gate" in card:
         gate = card["gate"]
