@@ -42,6 +42,7 @@ def test_cards_put_the_answer_first():
     assert 'target="_blank" rel="noopener noreferrer"' in species and "American+Goldfinch" in species_link(
         "AMERICAN GOLDFINCH")
     assert species.index("Other possibilities") > species.index("93%")  # the rest folded below the answer
+    assert "only when it is this sure" in species  # what the verdict means, in words
     assert 'width:0.1%' not in species  # no sliver of a bar for a 0.1% guess
     unsure = render_result("a.jpg", {"top_k": [{"label": "Bulbul", "probability": 0.3}], "verdict": "unsure",
                                      "is_bird": True, "bird_probability": 0.9})

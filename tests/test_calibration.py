@@ -12,6 +12,7 @@ from birdclf.training.calibration import (
     fit_temperature,
     gate_threshold,
     precision_bound,
+    reliability,
     risk_coverage,
     softmax,
     species_threshold,
@@ -72,6 +73,19 @@ def test_bounded_threshold_is_stricter_on_few_photos():
     cal = calibrate(logits, targets, target_precision=0.8, bound="wilson", source="out-of-fold")
     assert cal.coverage > 0 and cal.precision_bound >= 0.8 and cal.images == 100 and cal.bound == "wilson"
     assert "100 photos (out-of-fold" in cal.summary() and "Wilson bound" in cal.summary()
+
+
+def test_reliability_sees_overconfidence(tmp_path):
+    from birdclf.training.evaluate import plot_reliability
+
+    logits, targets = synthetic()
+    calibrated, sharp = softmax(logits, 2.5), softmax(logits, 1.0)
+    good = reliability(calibrated.max(1), calibrated.argmax(1) == targets)
+    bad = reliability(sharp.max(1), sharp.argmax(1) == targets)
+    assert good["ece"] < 0.03 < 0.1 < bad["ece"] and good["photos"] == sum(b["photos"] for b in good["bins"])
+    assert all(b["accuracy"] < b["confidence"] for b in bad["bins"] if b["photos"] > 50)  # sure, and wrong more
+    plot_reliability(good, tmp_path / "r.png", 0.8)
+    assert (tmp_path / "r.png").stat().st_size > 5000
 
 
 def test_gate_threshold_lets_the_birds_through():

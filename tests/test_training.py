@@ -127,6 +127,25 @@ def test_run_folder_holds_everything(run):
     assert "RED CARDINAL" in (d / "labels.txt").read_text()
 
 
+def test_fast_head_run_calibrates_out_of_fold(shared_bird_dataset, tmp_path):
+    """`--fast-head --epochs 0`: the threshold rests on out-of-fold predictions over train+valid (Wilson bound),
+    the card says so, and export.pkl does not carry the cached features."""
+    from fastai.learner import load_learner
+
+    cfg = TrainConfig(data=str(shared_bird_dataset), arch="tf_efficientnet_lite0", epochs=0, bs=8, input_size=64,
+                      fast_head=True, head_epochs=6, num_workers=0, out=str(tmp_path), name="oof", onnx=False)
+    result = train(cfg)
+    record = json.loads((result.run_dir / "config.json").read_text())
+    cal, images = record["calibration"], record["images"]
+    assert cal["source"] == "out-of-fold" and cal["bound"] == "wilson" and cal["target_precision"] == 0.97
+    assert cal["images"] == images["train"] + images["valid"] and "out_of_fold_s" in record["timings"]
+    assert 0 <= cal["precision_bound"] <= cal["precision"] <= 1
+    assert "(out-of-fold predictions over train+valid)" in (result.run_dir / "MODEL_CARD.md").read_text()
+    assert not hasattr(load_learner(result.run_dir / "export.pkl"), "cached_features")
+    assert (result.run_dir / "evaluation" / "reliability.png").exists()
+    assert "expected calibration error" in (result.run_dir / "MODEL_CARD.md").read_text()
+
+
 def test_exported_onnx_serves_the_learner(run, shared_bird_dataset):
     """Same probabilities as the Learner, after the run's temperature; the gate and calibration travel along."""
     predictor = Predictor(run.run_dir / "model.onnx")

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .calibration import Calibration
+
 __all__ = ["INTENDED_USE", "LIMITS", "build_card", "render_card", "write_card"]
 
 INTENDED_USE = ("Suggest the species of a bird in a photo, for curious people and birders; a second opinion, "
@@ -17,7 +19,8 @@ LIMITS = [
     "Kaggle BIRDS images are cropped and centred on one bird: real photos (small, distant, partly hidden birds, "
     "several birds) score lower than the test metrics below.",
     "The bird gate is ImageNet's notion of a bird: drawings, toys and carvings of birds often pass it.",
-    "Thresholds were fitted on the validation split; a different population of photos shifts them.",
+    "Thresholds were fitted on the training data's own photos (validation or out-of-fold predictions); a "
+    "different population of photos shifts them.",
 ]
 
 
@@ -38,8 +41,17 @@ def build_card(name: str, version: str, arch: str, weights: str, data: str | os.
                               "species_threshold": calibration["species_threshold"],
                               "valid": {"coverage": round(calibration["coverage"], 4),
                                         "precision": round(calibration["precision"], 4)}}
+        if "precision_bound" in calibration:  # what the threshold rests on (older records lack it)
+            card["abstention"]["fitted_on"] = {
+                "source": calibration["source"], "photos": calibration["images"],
+                "target_precision": calibration["target_precision"],
+                "precision_bound": calibration["precision_bound"], "bound": calibration["bound"],
+                "level": calibration["level"], "summary": Calibration(**calibration).summary()}
         if test and test.get("abstention"):
             card["abstention"]["test"] = test["abstention"]
+        if test and test.get("reliability"):
+            card["abstention"]["reliability"] = {"ece": test["reliability"]["ece"],
+                                                 "figure": "evaluation/reliability.png"}
         card["gate"] = {"kind": "the backbone's ImageNet classifier beside the new head; P(bird) = mass of "
                                 "ImageNet's 59 bird classes",
                         "bird_threshold": calibration.get("bird_threshold"),
@@ -76,7 +88,9 @@ def render_card(card: dict[str, Any]) -> str:
         lines += ["## Abstention (verdict)", "",
                   f"- Probabilities are softmax(logits / {ab['temperature']}); the verdict is `species` when the top-1 "
                   f"probability is at least {ab['species_threshold']}, else `unsure` (top_k are suggestions)."]
-        if "valid" in ab:
+        if "fitted_on" in ab:
+            lines.append(f"- {ab['fitted_on']['summary']}")
+        elif "valid" in ab:
             lines.append(f"- Validation: {_pct(ab['valid']['coverage'])} answered `species`, "
                          f"{_pct(ab['valid']['precision'])} of them right.")
         if "measured" in ab:
@@ -84,6 +98,9 @@ def render_card(card: dict[str, Any]) -> str:
         if "test" in ab:
             lines.append(f"- Test: {_pct(ab['test']['coverage'])} answered `species`, "
                          f"{_pct(ab['test']['precision'])} of them right.")
+        if "reliability" in ab:
+            lines.append(f"- Reliability on the test photos (confidence against accuracy): expected calibration "
+                         f"error {_pct(ab['reliability']['ece'])}; figure `{ab['reliability']['figure']}`.")
         lines.append("")
     if "gate" in card:
         gate = card["gate"]

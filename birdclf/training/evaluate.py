@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ["compute_metrics", "most_confused", "evaluate_probs", "evaluate_learner", "evaluate_onnx",
-           "plot_confusion", "plot_top_losses", "model_outputs", "label_targets"]
+           "plot_confusion", "plot_top_losses", "plot_reliability", "model_outputs", "label_targets"]
 
 
 def compute_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -101,6 +101,27 @@ def plot_top_losses(rows: list[dict], path: Path, n: int = 12) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_reliability(table: dict[str, Any], path: Path, threshold: float | None = None) -> None:
+    """Reliability figure: accuracy against confidence per bin (bar width = bin, darker = more photos), the
+    diagonal of perfect calibration, and the species threshold."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    most = max((row["photos"] for row in table["bins"]), default=1)
+    for row in table["bins"]:
+        ax.bar(row["low"], row["accuracy"], width=row["high"] - row["low"], align="edge", edgecolor="white",
+               color=(0.15, 0.4, 0.75, 0.3 + 0.7 * row["photos"] / most))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    if threshold is not None:
+        ax.axvline(threshold, color="tab:green", lw=1.5, label=f"species threshold {threshold:.2f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (calibrated top-1 probability)", ylabel="accuracy",
+           title=f"Reliability on {table['photos']} test photos (ECE {100 * table['ece']:.1f}%)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def evaluate_probs(probs: np.ndarray, targets: np.ndarray, labels: Sequence[str], paths: Sequence[Any],
                    out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Metrics, per-class report, confusions and top losses from probabilities; written to `out_dir` if given."""
@@ -155,7 +176,7 @@ def evaluate_learner(learn: Any, items: Sequence[tuple[Path, str]], out_dir: str
                      bs: int = 64, calibration: Any = None) -> dict[str, Any]:
     """Evaluate a fastai Learner on (path, label) items with the validation transform; with a `calibration`, also
     how its verdicts do (coverage and precision of "species", share passing the bird gate)."""
-    from .calibration import abstention_stats, softmax
+    from .calibration import abstention_stats, reliability, softmax
 
     labels = list(learn.dls.vocab)
     targets = label_targets(items, labels)
@@ -163,6 +184,11 @@ def evaluate_learner(learn: Any, items: Sequence[tuple[Path, str]], out_dir: str
     metrics = evaluate_probs(softmax(logits), targets, labels, [p for p, _ in items], out_dir)
     if calibration is not None:
         metrics["abstention"] = abstention_stats(logits, targets, calibration, bird)
+        probs = softmax(logits, calibration.temperature)
+        metrics["reliability"] = reliability(probs.max(1), probs.argmax(1) == targets)
+        if out_dir is not None:
+            plot_reliability(metrics["reliability"], Path(out_dir) / "reliability.png",
+                             calibration.species_threshold)
     return metrics
 
 

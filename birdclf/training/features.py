@@ -75,6 +75,7 @@ def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int
     learn.cached_features = CachedFeatures(x_train, y_train, x_valid, y_valid, flip, settings, copy.deepcopy(head))
     metrics = train_head(head, x_train, np.concatenate([y_train, y_train]) if flip else y_train, x_valid, y_valid,
                          settings)
+    learn.cached_features.fitted_valid_logits = head_logits(head, x_valid)
     return {**settings.to_dict(), "train_features": int(len(x_train)), **metrics,
             "feature_dim": int(x_train.shape[1])}
 
@@ -106,6 +107,13 @@ class CachedFeatures:
     flip: bool
     fit: HeadFit
     untrained_head: Any  # a copy of the head before fitting: where out-of-fold fits start from
+    fitted_valid_logits: np.ndarray | None = None  # the fitted head's valid logits: is the Learner's head still it?
+
+    def describes(self, head: Any) -> bool:
+        """Whether `head` is still the head fitted on these features (not trained further since)."""
+        if self.fitted_valid_logits is None:
+            return False
+        return bool(np.allclose(head_logits(head, self.x_valid), self.fitted_valid_logits, atol=1e-4))
 
 
 def train_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,

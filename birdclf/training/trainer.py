@@ -318,8 +318,10 @@ class TrainingRun:
 
     def calibrate(self) -> Any:
         """Back to fp32; valid metrics; the bird gate that will ship (the fixed branch if the body moved);
-        calibration (temperature, species and gate thresholds) on the valid split."""
-        from .calibration import calibrate
+        calibration: temperature and species threshold on out-of-fold predictions over train+valid when the head
+        was fitted on cached features (a Wilson bound on precision), else on the valid split; gate threshold on the
+        valid split."""
+        from .calibration import OOF_BOUND, OOF_TARGET_PRECISION, calibrate
         from .evaluate import label_targets, model_outputs
 
         learn = self.learn
@@ -335,10 +337,32 @@ class TrainingRun:
         t = time.perf_counter()
         valid = self.splits["valid"]
         logits, bird = model_outputs(learn, [p for p, _ in valid])
-        calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird)
+        out_of_fold = self._out_of_fold_logits()
+        if out_of_fold is None:
+            calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird)
+        else:
+            calibration = calibrate(*out_of_fold, bird, target_precision=OOF_TARGET_PRECISION, bound=OOF_BOUND,
+                                    source="out-of-fold")
+        logger.info("calibration: %s", calibration.summary())
         self.record["calibration"] = calibration.to_dict()
         self.timings["calibrate_s"] = time.perf_counter() - t
         return calibration
+
+    def _out_of_fold_logits(self) -> tuple[Any, Any] | None:
+        """(logits, labels) over train+valid from heads fitted without each photo's fold, when the model is still
+        the head fitted on cached features over the pretrained body (cheap to refit); None otherwise."""
+        from .calibration import OOF_FOLDS, OOF_MAX_PHOTOS
+        from .features import out_of_fold_logits
+
+        cached = getattr(self.learn, "cached_features", None)
+        if cached is None or self.body_changed or not cached.describes(self.learn.model[1][2:]):
+            return None
+        if len(cached.y_train) + len(cached.y_valid) > OOF_MAX_PHOTOS:
+            return None
+        t = time.perf_counter()
+        out = out_of_fold_logits(cached, OOF_FOLDS)
+        self.timings["out_of_fold_s"] = time.perf_counter() - t
+        return out
 
     def evaluate(self, calibration: Any = None) -> dict[str, Any]:
         """Test metrics with verdicts, plots and per-class report in evaluation/ ({} without a test split)."""
@@ -371,7 +395,12 @@ class TrainingRun:
         learn.birdclf_config = replace(learn.birdclf_config, **updates)
         learn.model.cpu()  # exported from the CPU: export.pkl loads anywhere, and ONNX parity runs on CPU
         learn.dls.cpu()
-        learn.export("export.pkl")  # a file name: fastai writes it under learn.path, the run folder
+        cached = learn.__dict__.pop("cached_features", None)  # features stay out of export.pkl
+        try:
+            learn.export("export.pkl")  # a file name: fastai writes it under learn.path, the run folder
+        finally:
+            if cached is not None:
+                learn.cached_features = cached
         if cfg.onnx:
             from .export import export_learner
 

@@ -105,7 +105,8 @@ def render_result(filename: str, prediction: dict, thumbnail_uri: str = "") -> s
     if verdict == "species" and top:
         best = top[0]
         headline = f'{_link(str(best["label"]))}, {100 * float(best["probability"]):.0f}%'
-        words = "A confident match."
+        words = ("A confident match: the model names one species only when it is this sure; otherwise it says "
+                 "it is not sure and shows candidates.")
         guesses = _folded("Other possibilities", top[1:])
         css = "bc-species"
     elif verdict == "unsure":
