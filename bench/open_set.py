@@ -19,6 +19,7 @@ Prints the table (median and range over seeds) and writes bench/results/open_set
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -82,8 +83,6 @@ def one_seed(f: dict, seed: int) -> list[dict]:
     oof_logits, oof_y = out_of_fold_logits(cached)
     oof_logits = oof_logits[:, : len(known)]  # the head keeps 50 outputs; the 10 unused ones never win
     cal = calibrate(oof_logits, oof_y, target_precision=OOF_TARGET_PRECISION, bound=OOF_BOUND, source="out-of-fold")
-    import copy
-
     head = copy.deepcopy(f["head"])
     train_head(head, cached.x_train, np.concatenate([y_known, y_known]), x_orig[:1], y_known[:1], fit)
     test_known = np.isin(f["y_test"], known)
