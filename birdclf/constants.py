@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "ENV_MODEL", "ENV_HOME", "ENV_THREADS", "ENV_MAX_BYTES", "ENV_MAX_PIXELS", "ENV_MAX_IMAGES",
+    "ENV_PREFIX", "ENV_MODEL", "ENV_HOME", "ENV_THREADS", "ENV_MAX_BYTES", "ENV_MAX_PIXELS", "ENV_MAX_IMAGES",
     "ENV_ALLOW_PRIVATE_URLS", "ENV_URL_TIMEOUT", "ENV_CORS_ORIGINS", "ENV_API_URL", "ENV_API_KEY",
     "ENV_API_TIMEOUT", "ENV_WEIGHTS_URL", "ENV_BIRD_THRESHOLD", "ENV_DECODE_MEMORY", "ENV_REQUEST_TIMEOUT",
     "ENV_LOG_LEVEL", "ENV_UPLOAD_BUDGET", "DEFAULT_DECODE_MEMORY", "DEFAULT_UPLOAD_BUDGET", "DEFAULT_REQUEST_TIMEOUT",
@@ -18,6 +18,7 @@ __all__ = [
 ]
 
 # Environment variables (settings and secrets never live in code or notebooks).
+ENV_PREFIX = "BIRDCLF_"  # every setting is BIRDCLF_<FIELD> of birdclf.settings.Settings
 ENV_MODEL = "BIRDCLF_MODEL"  # path to the ONNX model to serve
 ENV_HOME = "BIRDCLF_HOME"  # where built models (the starter) are cached
 ENV_THREADS = "BIRDCLF_THREADS"  # onnxruntime intra-op threads

@@ -1,14 +1,16 @@
-"""Every BIRDCLF_* environment variable, parsed once into one typed, validated object."""
+"""Every BIRDCLF_* environment variable, parsed once (pydantic-settings) into one typed, validated object."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
-import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .constants import (
     DEFAULT_API_TIMEOUT,
@@ -20,36 +22,19 @@ from .constants import (
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_UPLOAD_BUDGET,
     DEFAULT_URL_TIMEOUT,
-    ENV_ALLOW_PRIVATE_URLS,
-    ENV_API_KEY,
-    ENV_API_TIMEOUT,
-    ENV_API_URL,
-    ENV_BIRD_THRESHOLD,
-    ENV_CORS_ORIGINS,
-    ENV_DECODE_MEMORY,
-    ENV_HOME,
-    ENV_LOG_LEVEL,
-    ENV_MAX_BYTES,
-    ENV_MAX_IMAGES,
-    ENV_MAX_PIXELS,
-    ENV_MODEL,
-    ENV_REQUEST_TIMEOUT,
-    ENV_THREADS,
-    ENV_UPLOAD_BUDGET,
-    ENV_URL_TIMEOUT,
-    ENV_WEIGHTS_URL,
+    ENV_PREFIX,
 )
 from .errors import SettingsError
 
-__all__ = ["Settings", "get_settings", "reset_settings", "parse_size", "parse_bool"]
+Source = PydanticBaseSettingsSource
 
-T = TypeVar("T")
+__all__ = ["Settings", "get_settings", "reset_settings", "parse_size", "parse_bool"]
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KB": 10**3, "MB": 10**6, "GB": 10**9,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]I?B?)?\s*$", re.IGNORECASE)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("birdclf_environ", default=None)
 
 
 def parse_size(text: str) -> int:
@@ -70,111 +55,104 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
 
 
-def _positive(convert: Callable[[str], T], low: float = 0, high: float = float("inf"),
-              inclusive: bool = False) -> Callable[[str], T]:
-    def parse(text: str) -> T:
-        value = convert(text)
-        if not (low <= value <= high if inclusive else low < value <= high):  # type: ignore[operator]
-            raise ValueError(f"expected a value {'from' if inclusive else 'above'} {low:g}"
-                             + (f" up to {high:g}" if high != float("inf") else ""))
-        return value
-    return parse
-
-
-def _log_level(text: str) -> str:
-    level = text.strip().upper()
-    if level not in _LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(_LOG_LEVELS)}")
-    return level
+def _text_as(parse: Any) -> BeforeValidator:
+    """Parse text with `parse`; values that are already typed (keyword arguments) pass through."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
 
 
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
-def _env(name: str, parse: Callable[[str], Any], default: Any, environ: Mapping[str, str],
-         problems: list[str]) -> Any:
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return parse(raw.strip())
-    except ValueError as exc:
-        problems.append(f"{name}={raw!r}: {exc}")
-        return default
+Size = Annotated[int, _text_as(parse_size), Field(gt=0)]  # bytes or pixels: "20MB", "20 MiB", "50M", 20971520
+Seconds = Annotated[float, Field(gt=0)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The whole configuration of birdclf (serving, web app, training), with the defaults documented in README."""
+class _MappingSource(EnvSettingsSource):
+    """The environment source over an explicit mapping instead of os.environ (Settings.from_env(mapping))."""
 
-    model: str | None = None  # BIRDCLF_MODEL: ONNX path or http(s) URL; None: model.onnx beside the app, or starter
-    home: Path = field(default_factory=lambda: Path.home() / ".cache" / "birdclf")  # BIRDCLF_HOME
-    threads: int | None = None  # BIRDCLF_THREADS; None: the CPUs this process may use
-    max_bytes: int = DEFAULT_MAX_BYTES  # BIRDCLF_MAX_BYTES: largest image file
-    max_pixels: int = DEFAULT_MAX_PIXELS  # BIRDCLF_MAX_PIXELS: largest image, width x height
-    max_images: int = DEFAULT_MAX_IMAGES  # BIRDCLF_MAX_IMAGES: most images in one request
-    decode_memory: int = DEFAULT_DECODE_MEMORY  # BIRDCLF_DECODE_MEMORY: bytes of pixels decoded at once, all requests
-    upload_budget: int = DEFAULT_UPLOAD_BUDGET  # BIRDCLF_UPLOAD_BUDGET: bytes of bodies held at once, all requests
-    url_timeout: float = DEFAULT_URL_TIMEOUT  # BIRDCLF_URL_TIMEOUT: seconds for all image URLs of one request
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # BIRDCLF_REQUEST_TIMEOUT: seconds for one whole request
-    allow_private_urls: bool = False  # BIRDCLF_ALLOW_PRIVATE_URLS: let URLs reach loopback/private hosts (tests)
-    cors_origins: tuple[str, ...] = ()  # BIRDCLF_CORS_ORIGINS
-    bird_threshold: float | None = None  # BIRDCLF_BIRD_THRESHOLD; None: the model's own
-    log_level: str = "INFO"  # BIRDCLF_LOG_LEVEL
-    api_url: str = DEFAULT_API_URL  # BIRDCLF_API_URL: where the web app finds the prediction API
-    api_key: str = ""  # BIRDCLF_API_KEY: the function key the web app sends
-    api_timeout: float = DEFAULT_API_TIMEOUT  # BIRDCLF_API_TIMEOUT: seconds the web app waits for all photos
-    weights_url: str | None = None  # BIRDCLF_WEIGHTS_URL: training weights instead of the timm hub
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items() if value.strip()}
+
+
+class Settings(BaseSettings):
+    """The whole configuration of birdclf (serving, web app, training); each field is BIRDCLF_<NAME> (README)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True)
+
+    model: Optional[str] = None  # ONNX path or http(s) URL; None: model.onnx beside the app, or the starter
+    home: Annotated[Path, AfterValidator(lambda p: p.expanduser())] = Field(
+        default_factory=lambda: Path.home() / ".cache" / "birdclf")  # where built models (the starter) are cached
+    threads: Optional[Annotated[int, Field(gt=0, le=1024)]] = None  # None: the CPUs this process may use
+    max_bytes: Size = DEFAULT_MAX_BYTES  # largest image file
+    max_pixels: Size = DEFAULT_MAX_PIXELS  # largest image, width x height
+    max_images: Annotated[int, Field(gt=0, le=1000)] = DEFAULT_MAX_IMAGES  # most images in one request
+    decode_memory: Size = DEFAULT_DECODE_MEMORY  # bytes of pixels decoded at once, all requests
+    upload_budget: Size = DEFAULT_UPLOAD_BUDGET  # bytes of bodies held at once, all requests
+    url_timeout: Annotated[Seconds, Field(le=600)] = DEFAULT_URL_TIMEOUT  # seconds for all image URLs of a request
+    request_timeout: Annotated[Seconds, Field(le=3600)] = DEFAULT_REQUEST_TIMEOUT  # seconds for one whole request
+    allow_private_urls: Annotated[bool, _text_as(parse_bool)] = False  # let URLs reach loopback/private hosts
+    cors_origins: Annotated[tuple[str, ...], NoDecode, _text_as(_origins)] = ()  # comma-separated
+    bird_threshold: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # None: the model's own
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                         _text_as(lambda s: s.strip().upper())] = "INFO"
+    api_url: Annotated[str, AfterValidator(lambda s: s.rstrip("/"))] = DEFAULT_API_URL  # the web app's API
+    api_key: str = ""  # the function key the web app sends
+    api_timeout: Annotated[Seconds, Field(le=3600)] = DEFAULT_API_TIMEOUT  # seconds the web app waits, all photos
+    weights_url: Optional[str] = None  # training weights instead of the timm hub
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Source,
+                                   env_settings: Source, dotenv_settings: Source,
+                                   file_secret_settings: Source) -> tuple[Source, ...]:
+        """Keyword arguments, then the environment (os.environ, or the mapping given to from_env); no .env files."""
+        environ = _ENVIRON.get()
+        return init_settings, env_settings if environ is None else _MappingSource(settings_cls, environ)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Parse the environment; every bad value is named in one SettingsError."""
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
+        """Parse the environment (os.environ by default); every bad value is named in one SettingsError."""
+        return cls._build(environ)
 
-        def get(name: str, parse: Callable[[str], Any], default: Any) -> Any:
-            return _env(name, parse, default, env, problems)
-
-        settings = cls(
-            model=get(ENV_MODEL, str, None),
-            home=get(ENV_HOME, lambda s: Path(s).expanduser(), Path.home() / ".cache" / "birdclf"),
-            threads=get(ENV_THREADS, _positive(int, 0, 1024), None),
-            max_bytes=get(ENV_MAX_BYTES, _positive(parse_size), DEFAULT_MAX_BYTES),
-            max_pixels=get(ENV_MAX_PIXELS, _positive(parse_size), DEFAULT_MAX_PIXELS),
-            max_images=get(ENV_MAX_IMAGES, _positive(int, 0, 1000), DEFAULT_MAX_IMAGES),
-            decode_memory=get(ENV_DECODE_MEMORY, _positive(parse_size), DEFAULT_DECODE_MEMORY),
-            upload_budget=get(ENV_UPLOAD_BUDGET, _positive(parse_size), DEFAULT_UPLOAD_BUDGET),
-            url_timeout=get(ENV_URL_TIMEOUT, _positive(float, 0, 600), DEFAULT_URL_TIMEOUT),
-            request_timeout=get(ENV_REQUEST_TIMEOUT, _positive(float, 0, 3600), DEFAULT_REQUEST_TIMEOUT),
-            allow_private_urls=get(ENV_ALLOW_PRIVATE_URLS, parse_bool, False),
-            cors_origins=get(ENV_CORS_ORIGINS, _origins, ()),
-            bird_threshold=get(ENV_BIRD_THRESHOLD, _positive(float, 0, 1, inclusive=True), None),
-            log_level=get(ENV_LOG_LEVEL, _log_level, "INFO"),
-            api_url=get(ENV_API_URL, lambda s: s.rstrip("/"), DEFAULT_API_URL),
-            api_key=get(ENV_API_KEY, str, ""),
-            api_timeout=get(ENV_API_TIMEOUT, _positive(float, 0, 3600), DEFAULT_API_TIMEOUT),
-            weights_url=get(ENV_WEIGHTS_URL, str, None),
-        )
-        if problems:
-            raise SettingsError("bad setting: " + "; ".join(problems))
-        return settings
+    @classmethod
+    def defaults(cls) -> Settings:
+        """The documented defaults, whatever the environment holds."""
+        return cls._build({})
 
     def with_(self, **changes: Any) -> Settings:
-        """A copy with some fields changed (unknown names are an error)."""
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
+        """A validated copy with some fields changed (unknown names are a TypeError, bad values a SettingsError)."""
+        unknown = set(changes) - set(type(self).model_fields)
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
-        return replace(self, **changes)
+        return self._build({}, **{**self.model_dump(), **changes})
+
+    @classmethod
+    def _build(cls, environ: Mapping[str, str] | None, **values: Any) -> Settings:
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError("bad setting: " + "; ".join(_problem(error) for error in exc.errors())) from None
+        finally:
+            _ENVIRON.reset(token)
 
     def public(self) -> dict[str, Any]:
         """The settings as a dict without secrets (for logs)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = self.model_dump()
         out["api_key"] = "***" if self.api_key else ""
         if isinstance(out["model"], str) and "?" in out["model"]:
             out["model"] = out["model"].split("?", 1)[0] + "?***"  # SAS tokens stay out of logs
         return out
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error as 'BIRDCLF_NAME='value': what was expected'."""
+    name = ENV_PREFIX + ".".join(str(part) for part in error["loc"][:1]).upper()
+    return f"{name}={error['input']!r}: {error['msg']}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -556,3 +556,14 @@ def test_a_malformed_multipart_header_logs_one_quiet_line(client, caplog):
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
     mine = [rec for rec in caplog.records if rec.name != "birdclf.serving.requests" and "multipart" in rec.getMessage()]
     assert len(mine) <= 3 and all(rec.levelno <= logging.INFO for rec in mine), caplog.text
+
+
+def test_the_decode_memory_given_to_the_app_is_the_one_it_keeps(birdclf_home):
+    """The decode budget comes from the settings passed to create_app (it once came from the environment only)."""
+    data = make_image(1200, 1000, fmt="PNG", seed=4)  # 4.8 MB of RGBA-sized pixels to decode
+    with TestClient(create_app(small_settings(birdclf_home, decode_memory="1MiB"))) as tight:
+        r = tight.post("/api/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and "decode budget of 1 MiB" in r.json()["error"], r.json()
+    with TestClient(create_app(small_settings(birdclf_home, decode_memory="64MiB"))) as roomy:
+        r = roomy.post("/api/predict", content=data, headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.json()

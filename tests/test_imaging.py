@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from birdclf.constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from birdclf.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
 from birdclf.serving.imaging import ImageLimits, load_image, normalize, resize_center_crop
+from birdclf.settings import Settings
 from tests.conftest import make_image
 
 
@@ -95,9 +97,10 @@ def test_pixel_limit_stops_decompression_bombs_before_decoding():
 
 def test_limits_from_environment(monkeypatch):
     monkeypatch.setenv("BIRDCLF_MAX_BYTES", "123")
-    monkeypatch.setenv("BIRDCLF_MAX_PIXELS", "456")
-    limits = ImageLimits()
-    assert (limits.max_bytes, limits.max_pixels) == (123, 456)
+    monkeypatch.setenv("BIRDCLF_MAX_PIXELS", "456K")
+    limits = ImageLimits.from_settings(Settings.from_env())
+    assert (limits.max_bytes, limits.max_pixels) == (123, 456_000)
+    assert ImageLimits() == ImageLimits(DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS)  # no hidden read of the environment
 
 
 @pytest.mark.parametrize("size", [(300, 200), (200, 300), (256, 256), (517, 301), (50, 40)])

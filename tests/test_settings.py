@@ -62,3 +62,17 @@ def test_public_view_hides_secrets():
     assert public["api_key"] == "***" and "SECRET" not in public["model"]
     with pytest.raises(TypeError):
         s.with_(no_such_setting=1)
+
+
+def test_a_copy_is_validated_like_the_environment():
+    s = Settings.defaults().with_(max_bytes="1MiB", log_level="debug")
+    assert s.max_bytes == 2**20 and s.log_level == "DEBUG"
+    with pytest.raises(SettingsError, match="BIRDCLF_MAX_BYTES=-1"):
+        s.with_(max_bytes=-1)
+
+
+def test_defaults_ignore_the_environment(monkeypatch):
+    monkeypatch.setenv("BIRDCLF_MAX_IMAGES", "lots")
+    assert Settings.defaults().max_images == 16
+    with pytest.raises(SettingsError, match="BIRDCLF_MAX_IMAGES='lots'"):
+        Settings.from_env()

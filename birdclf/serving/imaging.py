@@ -13,15 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import ModelConfig
-from ..constants import ALLOWED_FORMATS
+from ..constants import ALLOWED_FORMATS, DEFAULT_DECODE_MEMORY, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from ..errors import BusyError, EmptyImageError, ImageTooLargeError, InvalidImageError
 from .structure import FileFacts, precheck, tiff_buffer_bytes
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "decode_cost", "return_freed_memory_to_os",
            "load_image", "reduce_factor", "resize_center_crop", "normalize", "preprocess"]
@@ -50,18 +53,15 @@ _M_TRIM_THRESHOLD = -1
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Byte and pixel limits for untrusted images (defaults: BIRDCLF_MAX_BYTES and BIRDCLF_MAX_PIXELS)."""
+    """Byte and pixel limits for untrusted images (the serving ones come from Settings: from_settings)."""
 
-    max_bytes: int = 0
-    max_pixels: int = 0
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
-    def __post_init__(self) -> None:
-        if not self.max_bytes or not self.max_pixels:
-            from ..settings import get_settings
-
-            settings = get_settings()
-            object.__setattr__(self, "max_bytes", int(self.max_bytes or settings.max_bytes))
-            object.__setattr__(self, "max_pixels", int(self.max_pixels or settings.max_pixels))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The limits BIRDCLF_MAX_BYTES and BIRDCLF_MAX_PIXELS set."""
+        return cls(settings.max_bytes, settings.max_pixels)
 
 
 class DecodeBudget:
@@ -90,20 +90,12 @@ class DecodeBudget:
                 self._cond.notify_all()
 
 
-_budget: DecodeBudget | None = None
-_budget_lock = threading.Lock()
+_default_budget = DecodeBudget(DEFAULT_DECODE_MEMORY)
 
 
 def decode_budget() -> DecodeBudget:
-    """The process-wide decode budget (BIRDCLF_DECODE_MEMORY bytes)."""
-    global _budget
-    if _budget is None:
-        with _budget_lock:
-            if _budget is None:
-                from ..settings import get_settings
-
-                _budget = DecodeBudget(get_settings().decode_memory)
-    return _budget
+    """The budget shared by decodes that bring none (training, scripts); a Predictor holds its own, from Settings."""
+    return _default_budget
 
 
 def return_freed_memory_to_os(threshold: int = 1 << 20, trim: int = 128 * 1024) -> bool:
@@ -309,8 +301,9 @@ def normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def preprocess(source: ImageSource, config: ModelConfig, limits: ImageLimits | None = None) -> np.ndarray:
+def preprocess(source: ImageSource, config: ModelConfig, limits: ImageLimits | None = None,
+               budget: DecodeBudget | None = None) -> np.ndarray:
     """Decode (bounded memory) and transform one image exactly as the model's validation transform: CHW float32."""
-    img = load_image(source, limits, min_short_side=config.resize_size)
+    img = load_image(source, limits, min_short_side=config.resize_size, budget=budget)
     img = resize_center_crop(img, config.resize_size, config.input_size, config.interpolation)
     return normalize(img, config.mean, config.std)

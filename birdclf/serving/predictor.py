@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..constants import DEFAULT_TOP_K, INPUT_NAME, MAX_TOP_K, METADATA_KEY, OUTPUT_BIRD, OUTPUT_LOGITS
 from ..errors import BirdclfError, ModelFormatError
 from ..settings import Settings, get_settings
-from .imaging import ImageLimits, ImageSource, preprocess
+from .imaging import DecodeBudget, ImageLimits, ImageSource, preprocess
 from .model_source import resolve_model_path
 
 __all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
@@ -96,7 +96,8 @@ class Predictor:
         settings = settings or get_settings()
         self.path = resolve_model_path(model, settings)
         self.threads = int(threads or settings.threads or available_cpus())
-        self.limits = limits or ImageLimits(settings.max_bytes, settings.max_pixels)
+        self.limits = limits or ImageLimits.from_settings(settings)
+        self.decode_budget = DecodeBudget(settings.decode_memory)  # over every image this Predictor decodes
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -141,7 +142,7 @@ class Predictor:
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """One image to the model's CHW float32 input."""
-        return preprocess(image, self.config, self.limits)
+        return preprocess(image, self.config, self.limits, self.decode_budget)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Model call on an NCHW batch: (calibrated probabilities, bird probabilities or None)."""

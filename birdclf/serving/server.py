@@ -197,16 +197,17 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_FUNCTION_PORT, model: st
     """Run the API (the same app Azure runs) until interrupted."""
     import uvicorn
 
+    from ..errors import SettingsError
     from ..logs import configure_logging
     from ..settings import get_settings
     from .service import create_app
 
     try:
-        level = get_settings().log_level
-    except Exception:  # a bad setting is reported by the app itself (/api/health says "misconfigured")
-        level = "INFO"
-    configure_logging(level)
-    app = create_app(model=str(model) if model else None)
+        settings = get_settings()
+    except SettingsError:  # reported by the app itself: create_app keeps it, /api/health says "misconfigured"
+        settings = None
+    configure_logging(settings.log_level if settings else "INFO")
+    app = create_app(settings, model=str(model) if model else None)
     server = uvicorn.Server(uvicorn_config(app, host, port))
     logger.info("birdclf API on http://%s:%d/api/predict (docs: http://%s:%d/api/docs)", host, port, host, port)
     print(f"birdclf API serving on http://{host}:{port}/api/predict   docs: http://{host}:{port}/api/docs",

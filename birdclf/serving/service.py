@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
         try:
             settings = get_settings()
         except SettingsError as exc:
-            settings_error, settings = exc, Settings()
+            settings_error, settings = exc, Settings.defaults()
     service = PredictionService(settings, model, beside, settings_error)
     return_freed_memory_to_os()  # decoded photos' memory goes back to the OS, not to per-thread malloc arenas
     logging.getLogger(_MULTIPART_LOGGER).addFilter(_quiet)  # our own DEBUG line says what was malformed
