@@ -34,7 +34,8 @@ def test_wheel_ships_templates_and_page(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("function_app.py", "host.json", "requirements.txt", ".funcignore", "local.settings.example.json"):
         assert f"birdclf/serving/function_template/{name}" in names
-    assert "birdclf/webapp/app.ipynb" in names
+    for name in ("app.ipynb", "voila.json", "page.css", "page.js"):  # the page's style and script are files
+        assert f"birdclf/webapp/{name}" in names
     assert not any(n.startswith(("tests/", "bench/", "azure_function/")) for n in names)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import threading
+from importlib import resources
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -19,39 +20,14 @@ TITLE = "Which bird is this?"
 UPLOAD_LIMIT_MB = 60  # per upload (all photos chosen at once, after the browser shrank them); voila.json allows 64
 SHOWN_ABOVE = 0.01  # guesses under 1% are folded away
 KERNEL_CHECK_S = 60  # how often an open page checks that its kernel was not culled (and when it comes back to view)
-_STYLE = """<style>
-.bc-app{max-width:760px;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;font-size:16px;color:#1f2328}
-.bc-app *{box-sizing:border-box}.bc-app h2{margin:.2em 0 .3em;font-size:1.6em}
-.bc-help{margin:0 0 .6em;line-height:1.4}.bc-coverage{color:#555;font-size:.95em;line-height:1.4;margin:0 0 .6em}
-.bc-card{display:grid;grid-template-columns:minmax(0,240px) minmax(0,1fr);grid-template-rows:auto 1fr;
- grid-template-areas:"photo head" "photo guesses";column-gap:14px;align-items:start;border:1px solid #d0d7de;
- border-radius:10px;padding:12px;margin:10px 0;max-width:100%;overflow-wrap:anywhere}
-.bc-card.bc-nophoto{grid-template-columns:minmax(0,1fr);grid-template-areas:"head" "guesses"}
-.bc-head{grid-area:head;min-width:0}.bc-guesses{grid-area:guesses;min-width:0}
-.bc-photo{grid-area:photo;min-width:0}.bc-photo img{display:block;width:100%;height:auto;max-height:300px;
- object-fit:contain;border-radius:6px;background:#f6f8fa}
-.bc-file{color:#57606a;font-size:.85em;margin-bottom:.3em}
-.bc-headline{font-size:1.35em;font-weight:650;line-height:1.25;margin:.1em 0 .35em}
-.bc-verdict{margin:.2em 0 .6em;line-height:1.4}
-.bc-species .bc-headline{color:#1a7f37}.bc-unsure .bc-headline{color:#9a6700}.bc-not-bird .bc-headline{color:#cf222e}
-.bc-app a{color:#0969da;text-decoration:underline}.bc-app a:after{content:" \\2197";font-size:.8em}
-.bc-row{display:grid;grid-template-columns:minmax(0,1fr) minmax(40px,32%) 3.6em;gap:8px;align-items:center;
- margin:2px 0}.bc-name{min-width:0;overflow-wrap:anywhere}.bc-name a{display:inline-block;padding:7px 0}
-.bc-bar{background:#eaeef2;height:10px;border-radius:5px;overflow:hidden}.bc-fill{background:#2a7ab0;height:10px}
-.bc-pct{text-align:right;font-variant-numeric:tabular-nums}
-.bc-more summary{cursor:pointer;color:#57606a;padding:10px 0;min-height:40px}
-.bc-error{background:#fff1f0;border-color:#f2b8b5}.bc-error-text{line-height:1.4}
-.bc-status{min-height:1.4em;margin:.4em 0;font-size:16px;line-height:1.4}.bc-busy{color:#9a6700}
-.bc-failed{color:#cf222e}.bc-done{color:#1a7f37}.bc-warn{color:#9a6700}
-.bc-stale{opacity:.45}
-.bc-button{height:44px !important;font-size:16px !important;padding:0 16px !important}
-.bc-asleep{position:fixed;left:0;right:0;top:0;z-index:10000;background:#fff8c5;border-bottom:1px solid #d4a72c;
- padding:12px 16px;font:16px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328}
-.bc-asleep p{margin:0 0 8px}.bc-asleep button{min-height:44px;font-size:16px;padding:0 18px;border-radius:6px;
- border:1px solid #1f6feb;background:#1f6feb;color:#fff}
-@media (max-width:520px){.bc-card{grid-template-columns:minmax(0,1fr);grid-template-areas:"head" "photo" "guesses"}
- .bc-photo img{max-height:240px;margin-bottom:6px}.bc-app{font-size:15px}}
-</style>"""
+
+
+def _asset(name: str) -> str:
+    """A file shipped beside this module (page.css, page.js: package data)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+_STYLE = f"<style>\n{_asset('page.css')}</style>"
 
 
 def species_link(label: str) -> str:
@@ -163,131 +139,11 @@ def page_script(limit_mb: int = UPLOAD_LIMIT_MB, send_pixels: int = SEND_PIXELS,
     seconds and when the page comes back into view, it checks that its kernel is still there: a kernel culled
     for idleness leaves a page that looks alive but does nothing, so the page says so and offers a reload.
     The upload widget's file input is not in the document, so its own 'change' listener is wrapped."""
-    return """
-(function () {
-  if (window.__birdclfPage) return; window.__birdclfPage = true;
-  var LIMIT_MB = __LIMIT_MB__, SEND_PIXELS = __SEND_PIXELS__, CHECK_S = __CHECK_S__, KEEP_BYTES = 1500000;
-  var asleep = false, lastRun = null, config = {};
-  try { config = JSON.parse(document.getElementById('jupyter-config-data').textContent); } catch (e) {}
-  function plural(n, word) { return n + ' ' + word + (n === 1 ? '' : 's'); }
-  function mb(bytes) { return bytes < 1048576 ? Math.max(1, Math.round(bytes / 1024)) + ' KB'
-                                               : (bytes / 1048576).toFixed(1) + ' MB'; }
-  function say(text, css) {
-    var box = document.querySelector('.bc-status');
-    if (!box) { alert(text); return; }
-    box.textContent = ''; var span = document.createElement('span'); span.className = css || 'bc-failed';
-    span.textContent = text; box.appendChild(span);
-  }
-  function stale(on) {
-    var nodes = document.querySelectorAll('.bc-results');
-    for (var i = 0; i < nodes.length; i++) nodes[i].classList.toggle('bc-stale', on);
-  }
-  function sayAsleep() { say('This page went to sleep. Please reload it to identify more photos.'); }
-  function showAsleep() {
-    if (asleep) return; asleep = true;
-    var bar = document.createElement('div'); bar.className = 'bc-asleep'; bar.setAttribute('role', 'alert');
-    var p = document.createElement('p');
-    p.textContent = 'This page went to sleep after a while without use, to make room for other visitors. ' +
-                    'Reload it to identify more photos.';
-    var button = document.createElement('button'); button.type = 'button'; button.textContent = 'Reload the page';
-    button.onclick = function () { location.reload(); };
-    bar.appendChild(p); bar.appendChild(button); document.body.appendChild(bar);
-    sayAsleep();
-  }
-  function checkKernel() {
-    if (asleep) return Promise.resolve(false);
-    if (!config.kernelId || !window.fetch) return Promise.resolve(true);
-    var url = (config.baseUrl || '/') + 'api/kernels/' + config.kernelId;
-    return fetch(url, {credentials: 'same-origin', cache: 'no-store'}).then(function (r) {
-      if (r.status === 404) { showAsleep(); return false; }
-      return true;
-    }).catch(function () { return true; });  // offline for a moment: not known to be asleep
-  }
-  setInterval(checkKernel, CHECK_S * 1000);
-  document.addEventListener('visibilitychange', function () { if (!document.hidden) checkKernel(); });
-  function shrink(file) {
-    if (!window.createImageBitmap || !/^image\\/(jpeg|png|webp|bmp|heic|heif)$/i.test(file.type || '')) {
-      return Promise.resolve(file);
-    }
-    return createImageBitmap(file, {imageOrientation: 'from-image'}).then(function (bitmap) {
-      var w = bitmap.width, h = bitmap.height, scale = Math.min(1, Math.sqrt(SEND_PIXELS / (w * h)));
-      if (scale === 1 && file.size <= KEEP_BYTES) { if (bitmap.close) bitmap.close(); return file; }
-      var cw = Math.max(1, Math.floor(w * scale)), ch = Math.max(1, Math.floor(h * scale));
-      var canvas = document.createElement('canvas'); canvas.width = cw; canvas.height = ch;
-      var ctx = canvas.getContext('2d');
-      ctx.fillStyle = '#ffffff'; ctx.fillRect(0, 0, cw, ch);  // transparency becomes white, as in the kernel
-      ctx.imageSmoothingEnabled = true; ctx.imageSmoothingQuality = 'high';
-      ctx.drawImage(bitmap, 0, 0, cw, ch);
-      if (bitmap.close) bitmap.close();
-      return new Promise(function (resolve) {
-        canvas.toBlob(function (blob) {
-          resolve(blob && blob.size < file.size
-                  ? new File([blob], file.name, {type: 'image/jpeg', lastModified: file.lastModified}) : file);
-        }, 'image/jpeg', 0.92);
-      });
-    }).catch(function () { return file; });  // the browser cannot read it: the kernel says what is wrong
-  }
-  function tooBig(files) {
-    var total = 0;
-    for (var i = 0; i < files.length; i++) total += files[i].size;
-    if (total <= LIMIT_MB * 1048576) return null;
-    var what = files.length > 1 ? 'These ' + files.length + ' photos come to ' : files[0].name + ' is ';
-    var before = document.querySelector('.bc-pending') ? ' The photos chosen before are still ready below.' : '';
-    return what + Math.round(total / 1048576) + ' MB; the limit is ' + LIMIT_MB + ' MB per upload. ' +
-           'Please choose fewer or smaller photos.' + before;
-  }
-  var add = HTMLInputElement.prototype.addEventListener;
-  HTMLInputElement.prototype.addEventListener = function (type, listener, options) {
-    if (type === 'change' && this.type === 'file' && typeof listener === 'function') {
-      var input = this, original = listener;
-      listener = function (event) {
-        var self = this, files = Array.prototype.slice.call(input.files || []);
-        if (!files.length) return;
-        if (asleep) { input.value = ''; sayAsleep(); return; }
-        say('Preparing ' + plural(files.length, 'photo') + '…', 'bc-busy'); stale(true);
-        Promise.all([checkKernel(), Promise.all(files.map(shrink))]).then(function (done) {
-          if (!done[0]) { input.value = ''; stale(false); sayAsleep(); return; }
-          var ready = done[1];
-          if (ready.some(function (f, i) { return f !== files[i]; })) {
-            try {
-              var dt = new DataTransfer();
-              ready.forEach(function (f) { dt.items.add(f); });
-              input.files = dt.files;
-            } catch (e) {}  // no DataTransfer here: the originals go, and the kernel shrinks them
-          }
-          var sent = Array.prototype.slice.call(input.files || []), problem = tooBig(sent);
-          if (problem) { say(problem); input.value = ''; stale(false); return; }
-          var bytes = sent.reduce(function (s, f) { return s + f.size; }, 0);
-          say('Sending ' + plural(sent.length, 'photo') + ' (' + mb(bytes) + ')…', 'bc-busy');
-          original.call(self, event);
-        });
-      };
-    }
-    return add.call(this, type, listener, options);
-  };
-  function tidy() {
-    var buttons = document.querySelectorAll('button.widget-upload');  // "Choose photos (0)": the count misleads
-    for (var i = 0; i < buttons.length; i++) {
-      for (var node = buttons[i].firstChild; node; node = node.nextSibling) {
-        var text = node.nodeType === 3 ? node.nodeValue : '';
-        if (/ \\(\\d+\\)$/.test(text)) node.nodeValue = text.replace(/ \\(\\d+\\)$/, '');
-      }
-    }
-    var results = document.querySelector('.bc-results[data-final]');
-    if (results && results.getAttribute('data-run') !== lastRun) {
-      lastRun = results.getAttribute('data-run');
-      var first = results.querySelector('.bc-card');
-      if (first) {
-        var top = first.getBoundingClientRect().top;
-        if (top < 0 || top > window.innerHeight * 0.5) first.scrollIntoView({behavior: 'smooth', block: 'start'});
-      }
-    }
-  }
-  new MutationObserver(tidy).observe(document.body, {childList: true, subtree: true, characterData: true});
-  tidy();
-})();
-""".replace("__LIMIT_MB__", str(int(limit_mb))).replace("__SEND_PIXELS__", str(int(send_pixels))) \
-        .replace("__CHECK_S__", str(int(check_s)))
+    values = {"__LIMIT_MB__": limit_mb, "__SEND_PIXELS__": send_pixels, "__CHECK_S__": check_s}
+    script = _asset("page.js")
+    for marker, value in values.items():
+        script = script.replace(marker, str(int(value)))
+    return script
 
 
 
