@@ -96,3 +96,36 @@ def test_a_command_without_its_extra_names_the_extra(monkeypatch, capsys, module
     monkeypatch.setattr(server, "serve", missing)
     assert cli.main(["serve"]) == 2
     assert f"pip install 'birdclf[{extra}]'" in capsys.readouterr().err
+
+
+def _train_config(*flags: str):
+    from dataclasses import fields
+
+    from birdclf.cli import build_parser
+    from birdclf.training.cli import _train_config
+    from birdclf.training.trainer import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "birds", *flags])
+    return _train_config(args), {f.name for f in fields(TrainConfig)}, vars(args)
+
+
+def test_train_flags_are_the_config_fields():
+    """Every TrainConfig field is a flag (added in one place); the flags users already script keep working."""
+    config, names, args = _train_config("--arch", "resnet18", "--epochs", "0", "--fast-head", "--train-bn-stats",
+                                        "--no-pretrained", "--no-onnx", "--precision", "bf16", "--lr", "0.01",
+                                        "--distributed", "--no-evaluate", "--min-scale", "0.5", "--split", "random")
+    assert names <= set(args)
+    assert (config.arch, config.epochs, config.fast_head, config.freeze_bn, config.pretrained, config.onnx) == (
+        "resnet18", 0, True, False, False, False)
+    assert (config.precision, config.lr, config.distributed, config.evaluate, config.min_scale, config.split) == (
+        "bf16", 0.01, True, False, 0.5, "random")
+    recipe, _, _ = _train_config()
+    assert recipe.freeze_bn and recipe.onnx and recipe.patience == 3  # flags not given keep the recipe's values
+
+
+def test_a_train_flag_with_a_bad_value_is_refused(capsys):
+    from birdclf.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "birds", "--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err

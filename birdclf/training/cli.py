@@ -208,40 +208,25 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True)
-    p.add_argument("--arch", help="timm architecture (default: efficientnet_b3a on GPU, tf_efficientnet_lite0 on CPU)")
-    p.add_argument("--epochs", type=int, help="unfrozen epochs (0: head only; default 8 on GPU, 3 on CPU)")
-    p.add_argument("--freeze-epochs", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default: lr_find's valley)")
-    p.add_argument("--lr-mult", type=float, help="unfrozen body lr = lr / lr_mult (default 100, as fastai)")
-    p.add_argument("--bs", type=int)
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--presize", type=int)
-    p.add_argument("--split", choices=["given", "random"])
-    p.add_argument("--valid-pct", type=float)
-    p.add_argument("--mini", type=int, help="N train images per class")
-    p.add_argument("--max-classes", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--fast-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the head on cached features first (the recipe's default on CPU)")
-    p.add_argument("--head-epochs", type=int)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--train-bn-stats", dest="freeze_bn", action="store_false", default=None,
-                   help="let the body's BatchNorm use batch statistics (default: keep the pretrained ones)")
-    p.add_argument("--min-scale", type=float, help="item random crop: smallest fraction kept (default 0.35)")
-    p.add_argument("--batch-min-scale", type=float, help="batch random crop (default 0.75)")
-    p.add_argument("--patience", type=int)
-    p.add_argument("--lr-find-iters", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--feature-cache")
-    p.add_argument("--out", help="runs folder (default: runs)")
-    p.add_argument("--name", help="run folder name (default: time-arch)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None)
-    p.add_argument("--no-onnx", dest="onnx", action="store_false", default=None)
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
-                   help="default: fp16 mixed precision on a GPU, fp32 on CPU (bf16 runs on CPU too)")
-    p.add_argument("--distributed", action="store_true", default=None,
-                   help="multi-GPU: run under `accelerate launch -m birdclf train ...`")
+    """One flag per TrainConfig field, with its help; every flag defaults to None so the recipe fills the rest."""
+    import typing
+
+    from .trainer import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        shown = "" if f.default is None or "default" in meta["help"] else f" (default: {f.default})"
+        if f.name == "data":
+            p.add_argument(flag, required=True, help=meta["help"])
+        elif kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=meta["help"] + shown)
+        else:
+            p.add_argument(flag, type=kind, choices=meta.get("choices"), default=None, help=meta["help"] + shown)
+        for alias, value in meta.get("aliases", {}).items():
+            p.add_argument(alias, dest=f.name, action="store_const", const=value, default=None,
+                           help=f"the same as {flag if value else '--no-' + flag[2:]}")
 
 
 def add_commands(sub: Any) -> None:

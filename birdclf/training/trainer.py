@@ -30,41 +30,52 @@ UNFROZEN_PCT_START = 0.3
 UNFROZEN_DIV = 5.0
 
 
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A TrainConfig field with its `birdclf train` flag's help (and flag options: choices, aliases)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; saved as config.json in the run folder."""
+    """Everything one training run needs; saved as config.json in the run folder. Each field is a flag of
+    `birdclf train` and `birdclf compare` (--name-with-dashes; booleans also as --no-name), with this help."""
 
-    data: str
-    arch: str | None = None  # None: efficientnet_b3a on GPU, tf_efficientnet_lite0 on CPU
-    epochs: int = 3  # unfrozen epochs (0: head only)
-    freeze_epochs: int = 1  # frozen-body epochs before unfreezing (fastai fine_tune)
-    lr: float | None = None  # None: lr_find's valley suggestion
-    lr_mult: float = 100  # body learning rate = head learning rate / lr_mult when unfrozen (fastai fine_tune)
-    bs: int = 32
-    input_size: int | None = None
-    presize: int | None = None
-    split: str = "given"
-    valid_pct: float = 0.1
-    mini: int | None = None  # N train images per class
-    max_classes: int | None = None
-    seed: int = 42
-    pretrained: bool = True
-    fast_head: bool = False  # train the head on cached frozen-body features first
-    head_epochs: int = 40
-    label_smoothing: float = 0.1
-    freeze_bn: bool = True  # body BatchNorm stays in inference mode (pretrained statistics) while training
-    min_scale: float = 0.35  # item-level random crop: smallest fraction of the image kept
-    batch_min_scale: float = 0.75  # batch-level random crop (aug_transforms)
-    patience: int | None = 3
-    lr_find_iters: int = 100
-    num_workers: int | None = None
-    out: str = "runs"
-    name: str | None = None
-    onnx: bool = True
-    evaluate: bool = True
-    distributed: bool = False  # set by `accelerate launch`; wraps fitting in learn.distrib_ctx()
-    feature_cache: str | None = None
-    precision: str | None = None  # None: fp16 mixed precision on a GPU, fp32 on CPU; "bf16" also works on CPU
+    data: str = field(metadata={"help": "data folder (Kaggle layout or one folder per class)"})
+    arch: str | None = _option(None, "timm architecture (default: efficientnet_b3a on GPU, tf_efficientnet_lite0 "
+                                     "on CPU)")
+    epochs: int = _option(3, "unfrozen epochs (0: head only; default 8 on GPU, 3 on CPU)")
+    freeze_epochs: int = _option(1, "frozen-body epochs before unfreezing (fastai fine_tune)")
+    lr: float | None = _option(None, "learning rate (default: lr_find's valley)")
+    lr_mult: float = _option(100, "unfrozen body lr = lr / lr_mult (fastai fine_tune)")
+    bs: int = _option(32, "batch size")
+    input_size: int | None = _option(None, "training crop in pixels (default: the architecture's)")
+    presize: int | None = _option(None, "item random crop size before the batch crop (default: input size x 1.3)")
+    split: str = _option("given", "'given': the data's train/valid/test folders; 'random': a seeded split",
+                         choices=("given", "random"))
+    valid_pct: float = _option(0.1, "validation share of a random split")
+    mini: int | None = _option(None, "N train images per class (a quick run)")
+    max_classes: int | None = _option(None, "only the first N classes (a quick run)")
+    seed: int = _option(42, "seed for the split, the subset and training")
+    pretrained: bool = _option(True, "start from ImageNet weights")
+    fast_head: bool = _option(False, "train the head on cached frozen-body features first (the recipe's default "
+                                     "on CPU)")
+    head_epochs: int = _option(40, "epochs of the head on cached features (--fast-head)")
+    label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy loss")
+    freeze_bn: bool = _option(True, "the body's BatchNorm keeps its pretrained statistics while training",
+                              aliases={"--train-bn-stats": False})
+    min_scale: float = _option(0.35, "item random crop: smallest fraction of the image kept")
+    batch_min_scale: float = _option(0.75, "batch random crop (aug_transforms)")
+    patience: int | None = _option(3, "early-stopping patience in epochs")
+    lr_find_iters: int = _option(100, "lr_find iterations")
+    num_workers: int | None = _option(None, "data loader workers (default: fastai's)")
+    out: str = _option("runs", "runs folder")
+    name: str | None = _option(None, "run folder name (default: time-arch)")
+    onnx: bool = _option(True, "export the verified ONNX model")
+    evaluate: bool = _option(True, "evaluate on the test split")
+    distributed: bool = _option(False, "multi-GPU: run under `accelerate launch -m birdclf train ...`")
+    feature_cache: str | None = _option(None, "folder for cached body features (--fast-head)")
+    precision: str | None = _option(None, "default: fp16 mixed precision on a GPU, fp32 on CPU (bf16 runs on CPU "
+                                          "too)", choices=PRECISIONS)
 
     def __post_init__(self) -> None:
         if self.precision not in (None, *PRECISIONS):
