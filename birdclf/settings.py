@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,20 +70,21 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class _MappingSource(EnvSettingsSource):
-    """The environment source over an explicit mapping instead of os.environ (Settings.from_env(mapping))."""
+    """pydantic-settings' environment source over os.environ or a given mapping, each value stripped of the
+    whitespace a copy-paste leaves (a key with a newline), and a blank value meaning the default."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
         self._environ = environ
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items() if value.strip()}
+        return {name.lower(): value.strip() for name, value in self._environ.items() if value.strip()}
 
 
 class Settings(BaseSettings):
     """The whole configuration of birdclf (serving, web app, training); each field is BIRDCLF_<NAME> (README)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     model: Optional[str] = None  # ONNX path or http(s) URL; None: model.onnx beside the app, or the starter
     home: Annotated[Path, AfterValidator(lambda p: p.expanduser())] = Field(
@@ -111,7 +113,7 @@ class Settings(BaseSettings):
                                    file_secret_settings: Source) -> tuple[Source, ...]:
         """Keyword arguments, then the environment (os.environ, or the mapping given to from_env); no .env files."""
         environ = _ENVIRON.get()
-        return init_settings, env_settings if environ is None else _MappingSource(settings_cls, environ)
+        return init_settings, _MappingSource(settings_cls, os.environ if environ is None else environ)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -76,3 +76,11 @@ def test_defaults_ignore_the_environment(monkeypatch):
     assert Settings.defaults().max_images == 16
     with pytest.raises(SettingsError, match="BIRDCLF_MAX_IMAGES='lots'"):
         Settings.from_env()
+
+
+def test_pasted_values_are_trimmed_and_blank_ones_mean_the_default(monkeypatch):
+    monkeypatch.setenv("BIRDCLF_API_KEY", "k3y\n")
+    monkeypatch.setenv("BIRDCLF_MAX_IMAGES", " 5 ")
+    monkeypatch.setenv("BIRDCLF_THREADS", "   ")
+    s = Settings.from_env()
+    assert (s.api_key, s.max_images, s.threads) == ("k3y", 5, None)
