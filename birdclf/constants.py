@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .formats import FILE_EXTENSIONS, PILLOW_FORMATS
+
 __all__ = [
     "ENV_PREFIX", "ENV_MODEL", "ENV_HOME", "ENV_THREADS", "ENV_MAX_BYTES", "ENV_MAX_PIXELS", "ENV_MAX_IMAGES",
     "ENV_ALLOW_PRIVATE_URLS", "ENV_URL_TIMEOUT", "ENV_CORS_ORIGINS", "ENV_API_URL", "ENV_API_KEY",
@@ -95,6 +97,6 @@ MODEL_FILENAME = "model.onnx"
 CPU_ARCH = "tf_efficientnet_lite0"
 GPU_ARCH = "efficientnet_b3a"
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO camera files
+IMAGE_EXTENSIONS = FILE_EXTENSIONS  # from the one format table, birdclf.formats
+ALLOWED_FORMATS = PILLOW_FORMATS
 SPECIES_INFO_URL = "https://en.wikipedia.org/wiki/Special:Search?search={query}"

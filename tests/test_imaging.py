@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from birdclf.constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from birdclf.data.layout import list_images
 from birdclf.errors import EmptyImageError, ImageTooLargeError, InvalidImageError
+from birdclf.formats import FORMATS_IN_WORDS, IMAGE_FORMATS
 from birdclf.serving.imaging import ImageLimits, load_image, normalize, resize_center_crop
 from birdclf.settings import Settings
 from tests.conftest import make_image
@@ -20,6 +22,24 @@ from tests.conftest import make_image
 def test_formats_decode_to_rgb(fmt, mode):
     img = load_image(make_image(40, 30, fmt=fmt, mode=mode))
     assert img.mode == "RGB" and img.size == (40, 30)
+
+
+@pytest.mark.parametrize("fmt", IMAGE_FORMATS, ids=lambda f: f.pillow)
+def test_each_row_of_the_format_table_is_read_found_in_data_folders_and_named(tmp_path, fmt):
+    """One row of birdclf.formats makes a format decode, its files count in a data folder, and the page name it."""
+    data = make_image(40, 30, fmt=fmt.pillow)
+    assert load_image(data).size == (40, 30)
+    for ext in fmt.extensions:
+        (tmp_path / f"photo{ext.upper()}").write_bytes(data)
+    assert len(list_images(tmp_path)) == len(fmt.extensions)
+    assert fmt.label in FORMATS_IN_WORDS and all(media.startswith("image/") for media in fmt.media_types)
+
+
+def test_a_format_outside_the_table_is_refused_naming_the_ones_read():
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "PCX")  # Pillow reads PCX, but it is not in the table
+    with pytest.raises(InvalidImageError, match="supported: JPEG, PNG, WebP"):
+        load_image(buf.getvalue())
 
 
 def test_transparent_png_becomes_white_not_black():

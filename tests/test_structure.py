@@ -1,5 +1,5 @@
 """Parse bombs are refused before Pillow parses them, and decoders' hidden buffers are counted (the structure
-walks of birdclf.serving.structure, through the real decoding path)."""
+walks of birdclf.serving.hardening.structure, through the real decoding path)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import pytest
 from PIL import Image
 
 from birdclf.errors import ImageTooLargeError, InvalidImageError
-from birdclf.serving.imaging import DecodeBudget, ImageLimits, decode_cost, load_image
-from birdclf.serving.structure import MAX_GIF_BLOCKS, MAX_JPEG_SCANS, MAX_JPEG_SEGMENTS, MAX_PNG_CHUNKS, precheck
+from birdclf.serving.hardening import DecodeBudget, decode_cost
+from birdclf.serving.hardening.structure import (
+    MAX_GIF_BLOCKS,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
+    precheck,
+)
+from birdclf.serving.imaging import ImageLimits, load_image
 
 LIMITS = ImageLimits(max_bytes=50_000_000, max_pixels=60_000_000)
 

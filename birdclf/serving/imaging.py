@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import logging
 import os
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -19,15 +14,17 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import ModelConfig
-from ..constants import ALLOWED_FORMATS, DEFAULT_DECODE_MEMORY, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from ..constants import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from ..errors import BusyError, EmptyImageError, ImageTooLargeError, InvalidImageError
-from .structure import FileFacts, precheck, tiff_buffer_bytes
+from ..formats import FORMATS_IN_WORDS, PILLOW_FORMATS
+from .hardening import DecodeBudget, FileFacts, decode_budget, decode_cost, precheck
+from .hardening.memory import STRIP_BYTES
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["ImageSource", "ImageLimits", "DecodeBudget", "decode_budget", "decode_cost", "return_freed_memory_to_os",
-           "load_image", "reduce_factor", "resize_center_crop", "normalize", "preprocess"]
+__all__ = ["ImageSource", "ImageLimits", "load_image", "reduce_factor", "resize_center_crop", "normalize",
+           "preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +36,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
-_STRIP_BYTES = 8 * 1024 * 1024  # rows converted at a time when a large image is reduced
-# Bytes a decoder holds per pixel of the full image, measured (Pillow 12, peak RSS of one decode): progressive JPEG
-# keeps every DCT coefficient, 2 bytes per component, whatever the draft size (RGB 4:2:0 measured 3.0, CMYK 7.7);
-# WebP decodes to RGBA and copies it (15.4).
-_PROGRESSIVE_JPEG_BYTES_PER_COMPONENT = 2
-_WEBP_BYTES_PER_PIXEL = 16
 _MAX_RESIZED_ASPECT = 4  # beyond this long/short ratio only the centre crop's region is resized (bounded memory)
-_BUDGET_WAIT_S = 30.0  # longest wait for decode memory before answering "busy"
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers
-_M_TRIM_THRESHOLD = -1
 
 
 @dataclass(frozen=True)
@@ -62,54 +50,6 @@ class ImageLimits:
     def from_settings(cls, settings: Settings) -> ImageLimits:
         """The limits BIRDCLF_MAX_BYTES and BIRDCLF_MAX_PIXELS set."""
         return cls(settings.max_bytes, settings.max_pixels)
-
-
-class DecodeBudget:
-    """A weighted semaphore over decoded-pixel memory: big images decode one at a time, small ones side by side."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, int(capacity))
-        self.in_use = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def reserve(self, nbytes: int, timeout: float = _BUDGET_WAIT_S) -> Iterator[None]:
-        """Hold `nbytes` (at most the whole capacity) while decoding; BusyError if none frees up in time."""
-        need = min(max(1, int(nbytes)), self.capacity)
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.in_use + need <= self.capacity, timeout):
-                raise BusyError("the server is busy decoding other large images; please try again shortly")
-            self.in_use += need
-            self.peak = max(self.peak, self.in_use)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= need
-                self._cond.notify_all()
-
-
-_default_budget = DecodeBudget(DEFAULT_DECODE_MEMORY)
-
-
-def decode_budget() -> DecodeBudget:
-    """The budget shared by decodes that bring none (training, scripts); a Predictor holds its own, from Settings."""
-    return _default_budget
-
-
-def return_freed_memory_to_os(threshold: int = 1 << 20, trim: int = 128 * 1024) -> bool:
-    """glibc only: allocations of `threshold` bytes and more are mmapped, so a decoded photo's memory goes back to
-    the OS when freed instead of staying in one malloc arena per worker thread, and free memory over `trim` bytes at
-    a heap's top is returned too (whatever GLIBC_TUNABLES says: the demo sets a huge trim threshold for torch).
-    Measured with 8 concurrent 49 Mpx PNGs: peak 1.05 GB and 0.98 GB kept afterwards without it; peak 0.39 GB and
-    0.15 GB kept with it."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                              int(trim)))
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to tune
-        return False
 
 
 def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
@@ -129,39 +69,6 @@ def _read_bytes(source: ImageSource, limits: ImageLimits) -> bytes:
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"image is {len(data)} bytes, over the {limits.max_bytes}-byte limit")
     return data
-
-
-def _bytes_per_pixel(mode: str) -> int:
-    """Pillow's in-memory pixel size (RGB is stored as 4 bytes)."""
-    if mode in ("1", "L", "P"):
-        return 1
-    if mode.startswith("I;16"):
-        return 2
-    return 4
-
-
-def decode_cost(img: Image.Image, full_size: tuple[int, int], facts: FileFacts | None = None,
-                factor: int = 1) -> int:
-    """Bytes that decoding `img` (opened, possibly drafted to a smaller size) holds at its peak: the decoder's own
-    buffers, the decoded image, and the RGB copy (and its upright copy) made from it at 1/`factor` size."""
-    width, height = full_size
-    out = -(-img.size[0] // factor) * -(-img.size[1] // factor) * 4
-    big = img.size[0] * img.size[1] * 4 > 2 * _STRIP_BYTES
-    # Pillow finds a PNG's eXIf chunk only by decoding the pixels: count an upright copy when it is not known yet
-    turned = img.format == "PNG" and "exif" not in img.info or _orientation(img) != 1
-    copies = (out if (factor > 1 or big or img.mode != "RGB") else 0) + (out if turned else 0)
-    if img.format == "WEBP":
-        return width * height * _WEBP_BYTES_PER_PIXEL + copies
-    decoded = img.size[0] * img.size[1] * _bytes_per_pixel(img.mode) + copies
-    buffered = facts is not None and facts.buffered_jpeg
-    if img.format in ("JPEG", "MPO") and (buffered or img.info.get("progressive") or img.info.get("progression")):
-        layers = getattr(img, "layer", None) or [(0, 1, 1, 0)] * len(img.getbands())
-        h_max, v_max = max(layer[1] for layer in layers) or 1, max(layer[2] for layer in layers) or 1
-        coefficients = sum(-(-width * layer[1] // h_max) * -(-height * layer[2] // v_max) for layer in layers)
-        return coefficients * _PROGRESSIVE_JPEG_BYTES_PER_COMPONENT + decoded
-    if img.format == "TIFF":
-        return decoded + tiff_buffer_bytes(img)
-    return decoded
 
 
 def _to_rgb(img: Image.Image, scale_max: float | None = None) -> Image.Image:
@@ -194,7 +101,7 @@ def _to_rgb_reduced(img: Image.Image, factor: int) -> Image.Image:
     scale_max = None
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         scale_max = float(img.getextrema()[1] or 1.0)
-    rows = max(factor, (_STRIP_BYTES // max(1, width * 4)) // factor * factor)
+    rows = max(factor, (STRIP_BYTES // max(1, width * 4)) // factor * factor)
     out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
     for top in range(0, height, rows):
         strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))), scale_max)
@@ -217,48 +124,67 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit follows open()
-            facts = precheck(data)  # parse bombs are refused before Pillow parses anything
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = img.size
-            if width * height > limits.max_pixels:
-                raise ImageTooLargeError(
-                    f"image is {width}x{height} = {width * height} pixels, over the {limits.max_pixels}-pixel limit")
-            if min(width, height) < 1:
-                raise InvalidImageError(f"image has no pixels ({width}x{height})")
-            img.seek(0)  # first frame of animations
-            if min_short_side and img.format in ("JPEG", "MPO") and min(width, height) >= 4 * min_short_side:
-                scale = min(width, height) / (2 * min_short_side)
-                img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB",
-                          (max(1, int(width / scale)), max(1, int(height / scale))))
+            facts = precheck(data)  # check: parse bombs are refused before Pillow parses anything
+            img = _open(data, limits)  # open: headers only, and the pixel limit
             budget = budget or decode_budget()
-            factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
-            factor = factor if factor >= 2 else 1
-            cost = decode_cost(img, (width, height), facts, factor)
-            if cost > budget.capacity:
-                raise ImageTooLargeError(
-                    f"image is too large to decode here: this {width}x{height} {img.format} needs about "
-                    f"{cost >> 20} MiB, over the server's decode budget of {budget.capacity >> 20} MiB; send a "
-                    "smaller image")
-            with budget.reserve(cost):  # held until the upright RGB copy exists
+            factor, cost = _decode_plan(img, facts, min_short_side, budget)
+            with budget.reserve(cost):  # decode, holding its memory until the upright RGB copy exists
                 img.load()
-                big = img.size[0] * img.size[1] * 4 > 2 * _STRIP_BYTES
-                rgb = _to_rgb_reduced(img, factor) if (factor > 1 or big) else _to_rgb(img)
-                orientation = _orientation(img)
-                del img
-                if orientation in _TRANSPOSE:
-                    rgb = rgb.transpose(_TRANSPOSE[orientation])
+                rgb, orientation = _to_rgb_at(img, factor), _orientation(img)  # a PNG's eXIf is found by decoding
+                del img  # the full-size decode is freed before the upright copy is made
+                return rgb.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else rgb
     except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, refused inside open()
         raise ImageTooLargeError(f"image has too many pixels, over the {limits.max_pixels}-pixel limit") from exc
     except UnidentifiedImageError as exc:
-        raise InvalidImageError(f"not a readable image (supported: {', '.join(ALLOWED_FORMATS)})") from exc
+        raise InvalidImageError(f"not a readable image (supported: {FORMATS_IN_WORDS})") from exc
     except MemoryError as exc:
         raise ImageTooLargeError("image is too large to decode") from exc
     except Exception as exc:  # Pillow raises many types on malformed files (OSError, SyntaxError, struct.error, ...)
         logger.debug("undecodable image: %s: %s", type(exc).__name__, exc)
         raise InvalidImageError("corrupt or truncated image: it could not be decoded") from exc
-    return rgb
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open (headers only) one of the table's formats and check its pixel count before anything is decoded."""
+    img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over the {limits.max_pixels}-pixel limit")
+    if min(width, height) < 1:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    img.seek(0)  # first frame of animations
+    return img
+
+
+def _decode_plan(img: Image.Image, facts: FileFacts, min_short_side: int | None,
+                 budget: DecodeBudget) -> tuple[int, int]:
+    """Draft a large JPEG towards 2x `min_short_side`; return the box-reduction factor and the decode's cost in
+    bytes, refusing an image whose cost is over the whole budget."""
+    width, height = img.size
+    if min_short_side and img.format in ("JPEG", "MPO") and min(width, height) >= 4 * min_short_side:
+        scale = min(width, height) / (2 * min_short_side)  # libjpeg's DCT scaling: decode at 1/2..1/8 size
+        img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB",
+                  (max(1, int(width / scale)), max(1, int(height / scale))))
+    factor = reduce_factor(img.size, 2 * min_short_side if min_short_side else None)
+    factor = factor if factor >= 2 else 1
+    # a PNG's eXIf chunk is found only by decoding (getexif() would decode it here, outside the budget): count an
+    # upright copy for every PNG whose EXIF is not known yet
+    turned = img.format == "PNG" and "exif" not in img.info or _orientation(img) != 1
+    cost = decode_cost(img, (width, height), facts, factor, upright_copy=turned)
+    if cost > budget.capacity:
+        raise ImageTooLargeError(
+            f"image is too large to decode here: this {width}x{height} {img.format} needs about {cost >> 20} MiB, "
+            f"over the server's decode budget of {budget.capacity >> 20} MiB; send a smaller image")
+    return factor, cost
+
+
+def _to_rgb_at(img: Image.Image, factor: int) -> Image.Image:
+    """A decoded image as RGB at 1/`factor` size; large ones are converted in strips (no second full-size copy)."""
+    big = img.size[0] * img.size[1] * 4 > 2 * STRIP_BYTES
+    return _to_rgb_reduced(img, factor) if (factor > 1 or big) else _to_rgb(img)
 
 
 def _orientation(img: Image.Image) -> int:

@@ -23,7 +23,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "function_template"
 TEMPLATE_FILES = ("function_app.py", "host.json", "requirements.txt", ".funcignore", "local.settings.example.json")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The shared contract at the package's top plus the serving subpackage: all a deployment imports.
-SERVING_MODULES = ("__init__.py", "config.py", "constants.py", "errors.py", "settings.py", "logs.py", "serving")
+SERVING_MODULES = ("__init__.py", "config.py", "constants.py", "errors.py", "formats.py", "settings.py", "logs.py",
+                   "serving")
 DEFAULT_DEST = "azure_function"
 
 

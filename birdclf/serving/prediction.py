@@ -25,9 +25,11 @@ from ..errors import (
     SettingsError,
     UnsupportedMediaError,
 )
+from ..formats import MEDIA_TYPES
 from ..settings import Settings
-from .hardening import Admission
-from .middleware import REQUEST_BYTES, BodyBudget, shorten
+from .hardening import Admission, BodyBudget
+from .hardening.guard import REQUEST_BYTES
+from .middleware import shorten
 from .model_source import resolve_model_path
 from .predictor import Predictor, available_cpus
 from .request_models import PredictModels, predict_models, too_many_images
@@ -38,8 +40,7 @@ __all__ = ["PredictionService", "IMAGE_TYPES"]
 logger = logging.getLogger("birdclf.serving.service")
 
 _RAW_TYPES = ("application/octet-stream", "")
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
-               "application/octet-stream")  # documented raw bodies; any image/* is read
+IMAGE_TYPES = (*MEDIA_TYPES, "application/octet-stream")  # documented raw bodies (any image/* is read)
 _MAX_FIELDS = 16  # non-file multipart fields (top_k, captions...)
 _MAX_FIELD_BYTES = 64 * 1024
 _RELOAD_AFTER_S = 30.0  # a model that failed to load is tried again on a request after this

@@ -16,7 +16,8 @@ from ..config import ModelConfig
 from ..constants import DEFAULT_TOP_K, INPUT_NAME, MAX_TOP_K, METADATA_KEY, OUTPUT_BIRD, OUTPUT_LOGITS
 from ..errors import BirdclfError, ModelFormatError
 from ..settings import Settings, get_settings
-from .imaging import DecodeBudget, ImageLimits, ImageSource, preprocess
+from .hardening import DecodeBudget
+from .imaging import ImageLimits, ImageSource, preprocess
 from .model_source import resolve_model_path
 
 __all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]

@@ -19,8 +19,8 @@ from .. import __version__
 from ..constants import API_PREFIX
 from ..errors import BirdclfError, BusyError, SettingsError
 from ..settings import Settings, get_settings
-from .imaging import return_freed_memory_to_os
-from .middleware import JsonCORSMiddleware, RequestGuard, cors_options, shorten
+from .hardening import RequestGuard, return_freed_memory_to_os
+from .middleware import JsonCORSMiddleware, cors_options, shorten
 from .openapi import api_openapi
 from .prediction import PredictionService
 from .request_models import invalid_request
@@ -69,7 +69,15 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
         app.add_middleware(JsonCORSMiddleware, **cors_options(settings.cors_origins))
 
     app.include_router(router)
+    _add_options_routes(app)
+    _map_errors(app, settings.max_images)
+    app.openapi = api_openapi(app, service)  # type: ignore[method-assign]
 
+    return app
+
+
+def _add_options_routes(app: FastAPI) -> None:
+    """OPTIONS on every route answers 204 with its Allow header (preflights without CORS set get this too)."""
     def allow(methods: tuple[str, ...]) -> Any:
         async def options() -> Response:
             return Response(status_code=204, headers={"Allow": ", ".join((*methods, "OPTIONS"))})
@@ -77,6 +85,10 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
 
     for route, methods in ROUTES.items():
         app.add_api_route(f"{API_PREFIX}/{route}", allow(methods), methods=["OPTIONS"], include_in_schema=False)
+
+
+def _map_errors(app: FastAPI, max_images: int) -> None:
+    """Errors to statuses, in one place: birdclf's own errors carry theirs; FastAPI's 404/405/422 become JSON."""
 
     @app.exception_handler(BirdclfError)
     async def birdclf_error(_: Request, exc: BirdclfError) -> JSONResponse:
@@ -96,12 +108,8 @@ def create_app(settings: Settings | None = None, model: str | os.PathLike | None
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problem = invalid_request(list(exc.errors()), settings.max_images)
+        problem = invalid_request(list(exc.errors()), max_images)
         return _error(problem.status, str(problem))
-
-    app.openapi = api_openapi(app, service)  # type: ignore[method-assign]
-
-    return app
 
 
 def _quiet(record: logging.LogRecord) -> bool:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..constants import ALLOWED_FORMATS
+from ..formats import FORMATS_IN_WORDS, PILLOW_FORMATS
 
 __all__ = ["FORMATS_TEXT", "SEND_PIXELS", "PhotoError", "Photo", "prepare_photo", "is_heic"]
 
-FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"  # the one list the page shows (ALLOWED_FORMATS, in words)
+FORMATS_TEXT = FORMATS_IN_WORDS  # "JPEG, PNG, WebP, GIF, BMP or TIFF", from the format table
 SEND_PIXELS = 2_000_000  # what the API receives per photo: plenty for a 224-300 px model input
 THUMB_SIDE = 640  # the photo shown on the page
 MAX_PIXELS = 100_000_000  # refuse decompression bombs before decoding
@@ -57,7 +57,7 @@ def prepare_photo(name: str, data: bytes) -> Photo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise PhotoError(f"{name} has {width}x{height} pixels, more than this page can open. Please "

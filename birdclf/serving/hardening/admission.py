@@ -14,7 +14,7 @@ import anyio
 from starlette.requests import Request
 
 from ...errors import BusyError
-from ..middleware import REQUEST_BYTES
+from .guard import REQUEST_BYTES
 
 __all__ = ["Admission", "Pass"]
 

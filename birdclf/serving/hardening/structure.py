@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..errors import ImageTooLargeError, InvalidImageError
+from ...errors import ImageTooLargeError, InvalidImageError
 
 __all__ = ["FileFacts", "precheck", "tiff_buffer_bytes", "MAX_JPEG_SCANS", "MAX_JPEG_SEGMENTS", "MAX_PNG_CHUNKS",
            "MAX_GIF_BLOCKS"]
@@ -34,17 +34,10 @@ class FileFacts:
 def precheck(data: bytes) -> FileFacts:
     """Walk the file's structure, found by its magic bytes, before Pillow parses any of it (Pillow reads JPEG
     markers, PNG chunks and GIF blocks one by one in Python when it opens a file); raise for parse bombs."""
-    if data[:3] == b"\xff\xd8\xff":
-        return _jpeg(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        _png(data)
-    elif data[:6] in (b"GIF87a", b"GIF89a"):
-        _gif(data)
-    elif data[:2] == b"BM" and len(data) >= 34 and struct.unpack_from("<I", data, 14)[0] >= 40 \
-            and struct.unpack_from("<I", data, 30)[0] in (1, 2):
-        raise InvalidImageError("RLE-compressed BMP files are not read here (they are expanded pixel by pixel); "
-                                "send a PNG or JPEG")
-    return FileFacts()
+    for magic, walk in _WALKS:
+        if data.startswith(magic):
+            return walk(data)
+    return FileFacts()  # formats Pillow opens in C (WebP, TIFF) have nothing to walk
 
 
 def _jpeg(data: bytes) -> FileFacts:
@@ -88,7 +81,7 @@ def _jpeg(data: bytes) -> FileFacts:
     return FileFacts(buffered_jpeg=scans > 1 or partial, scans=scans)
 
 
-def _png(data: bytes) -> None:
+def _png(data: bytes) -> FileFacts:
     """Count a PNG's chunks (each is parsed in Python by Pillow)."""
     pos, chunks, end = 8, 0, len(data)
     while pos + 8 <= end:
@@ -97,14 +90,15 @@ def _png(data: bytes) -> None:
         if chunks > MAX_PNG_CHUNKS:
             raise ImageTooLargeError(f"PNG has over {MAX_PNG_CHUNKS} chunks: refused as a parse bomb")
         if data[pos + 4:pos + 8] == b"IEND":
-            return
+            break
         pos += 12 + length
+    return FileFacts()
 
 
-def _gif(data: bytes) -> None:
+def _gif(data: bytes) -> FileFacts:
     """Count a GIF's extension sub-blocks before its first frame (Pillow reads them one by one in Python)."""
     if len(data) < 13:
-        return
+        return FileFacts()
     flags = data[10]
     pos = 13 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0)
     blocks, end = 0, len(data)
@@ -120,6 +114,20 @@ def _gif(data: bytes) -> None:
                 raise ImageTooLargeError(f"GIF has over {MAX_GIF_BLOCKS} extension blocks before its first "
                                          "frame: refused as a parse bomb")
             pos += size
+    return FileFacts()
+
+
+def _bmp(data: bytes) -> FileFacts:
+    """Refuse RLE-compressed bitmaps (compression 1 or 2 in a 40-byte or larger header)."""
+    if len(data) >= 34 and struct.unpack_from("<I", data, 14)[0] >= 40 and struct.unpack_from("<I", data, 30)[0] \
+            in (1, 2):
+        raise InvalidImageError("RLE-compressed BMP files are not read here (they are expanded pixel by pixel); "
+                                "send a PNG or JPEG")
+    return FileFacts()
+
+
+_WALKS = ((b"\xff\xd8\xff", _jpeg), (b"\x89PNG\r\n\x1a\n", _png), (b"GIF87a", _gif), (b"GIF89a", _gif),
+          (b"BM", _bmp))  # magic bytes -> the walk for that format
 
 
 def tiff_buffer_bytes(img: Image.Image) -> int:
