@@ -79,22 +79,25 @@ async def _resolve(host: str, port: int, allow_private: bool) -> str:
     return addresses[0]
 
 
-async def _get_once(url: str, max_bytes: int, allow_private: bool,
-                    take: Callable[[int], bool] | None = None) -> tuple[int, str | None, bytes]:
-    """One GET to the checked address: (status, Location for redirects, body); each piece of the body is counted
-    by `take` (False: the server holds too much already)."""
-    scheme, host, port, target, host_header = check_url(url)
-    ip = await _resolve(host, port, allow_private)
+async def _connect(scheme: str, host: str, ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open the connection to the checked address `ip` (TLS verified against `host` for https)."""
     context = ssl.create_default_context() if scheme == "https" else None
     try:
-        reader, writer = await asyncio.open_connection(ip, port, ssl=context,
-                                                       server_hostname=host if context else None)
+        return await asyncio.open_connection(ip, port, ssl=context, server_hostname=host if context else None)
     except ssl.SSLError as exc:
         logger.info("TLS failure for %s: %s", host, exc)
         raise UrlFetchError(f"TLS handshake with {host} failed (certificate not valid for it?)") from exc
     except OSError as exc:
         logger.info("cannot connect to %s (%s) port %d: %s", host, ip, port, exc)
         raise UrlFetchError(f"cannot connect to {host} port {port}") from exc
+
+
+async def _get_once(url: str, max_bytes: int, allow_private: bool,
+                    take: Callable[[int], bool] | None = None) -> tuple[int, str | None, bytes]:
+    """One GET to the checked address: (status, Location for redirects, body); each piece of the body is counted
+    by `take` (False: the server holds too much already)."""
+    scheme, host, port, target, host_header = check_url(url)
+    reader, writer = await _connect(scheme, host, await _resolve(host, port, allow_private), port)
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
     try:
         request = h11.Request(method="GET", target=target, headers=[

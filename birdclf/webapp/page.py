@@ -153,104 +153,126 @@ def _results(cards: list[str], run: int, final: bool) -> str:
             + "</div>")
 
 
-def build_app(client: ApiClient | None = None) -> Any:
-    """The whole page as one ipywidgets box (app.ipynb displays it)."""
-    import ipywidgets as widgets
+def _read_uploads(files: list[Any]) -> tuple[list[Photo], list[str]]:
+    """The chosen files as small JPEGs to send, and a card for each file that is not a photo."""
+    photos, unreadable = [], []
+    for f in files:
+        name = str(f.get("name") or "photo")
+        try:
+            photos.append(prepare_photo(name, bytes(f["content"])))
+        except PhotoError as exc:
+            unreadable.append(render_error(str(exc), filename=name))
+    return photos, unreadable
 
-    client = client or ApiClient()
-    coverage = coverage_text(client.model_info())
-    header = widgets.HTML(
-        f'{_STYLE}<div class="bc-app"><h2>{TITLE}</h2><p class="bc-help">Take or choose photos of birds '
-        f'({FORMATS_TEXT}), then press Identify.</p>'
-        + (f'<p class="bc-coverage">{html.escape(coverage)}</p>' if coverage else "") + "</div>")
-    upload = widgets.FileUpload(accept="image/*", multiple=True, description="Choose photos",
-                                layout=widgets.Layout(width="auto"))
-    identify = widgets.Button(description="Identify", button_style="primary", icon="search", disabled=True,
-                              layout=widgets.Layout(width="auto"))
-    for button in (upload, identify):
-        button.add_class("bc-button")
-    status = widgets.HTML('<div class="bc-app bc-status"></div>')
-    results = widgets.HTML("")
-    # photos: ready to send; unreadable: cards for files that are not photos; answers: index -> (card, AppError)
-    state: dict[str, Any] = {"photos": [], "unreadable": [], "answers": {}, "run": 0, "running": False}
-    lock = threading.Lock()
 
-    def say(text: str, css: str = "") -> None:
-        status.value = f'<div class="bc-app bc-status"><span class="{css}">{html.escape(text)}</span></div>'
+def _summary(total: int, failed: list[AppError], unreadable: int) -> tuple[str, str]:
+    """The status line after identifying, and its style."""
+    bad = f"; {_n(unreadable, 'file')} could not be read" if unreadable else ""
+    if failed:
+        again = " Press Try again when you are ready." if any(a.retryable for a in failed) else ""
+        return (f"{total - len(failed)} of {_n(total, 'photo')} identified; {len(failed)} failed{bad} "
+                f"(see below).{again}", "bc-failed")
+    if unreadable:
+        return f"Done: {_n(total, 'photo')} identified{bad} (see below).", "bc-warn"
+    return f"Done: {_n(total, 'photo')} identified.", "bc-done"
 
-    def to_do() -> list[int]:
+
+class _Page:
+    """The page's widgets and what a visitor has done: the photos chosen, the files that were not photos, and the
+    answer (card, error) per photo; one identification runs at a time."""
+
+    def __init__(self, client: ApiClient) -> None:
+        import ipywidgets as widgets
+
+        self.client = client
+        coverage = coverage_text(client.model_info())
+        self.header = widgets.HTML(
+            f'{_STYLE}<div class="bc-app"><h2>{TITLE}</h2><p class="bc-help">Take or choose photos of birds '
+            f'({FORMATS_TEXT}), then press Identify.</p>'
+            + (f'<p class="bc-coverage">{html.escape(coverage)}</p>' if coverage else "") + "</div>")
+        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Choose photos",
+                                         layout=widgets.Layout(width="auto"))
+        self.identify = widgets.Button(description="Identify", button_style="primary", icon="search",
+                                       disabled=True, layout=widgets.Layout(width="auto"))
+        for button in (self.upload, self.identify):
+            button.add_class("bc-button")
+        self.status = widgets.HTML('<div class="bc-app bc-status"></div>')
+        self.results = widgets.HTML("")
+        self.photos: list[Photo] = []
+        self.unreadable: list[str] = []
+        self.answers: dict[int, tuple[str, AppError | None]] = {}
+        self.run, self.running = 0, False
+        self.lock = threading.Lock()
+        self.upload.observe(self.on_upload, names="value")
+        self.identify.on_click(self.on_identify)
+
+    def box(self) -> Any:
+        """The whole page as one ipywidgets box."""
+        import ipywidgets as widgets
+
+        controls = widgets.HBox([self.upload, self.identify], layout=widgets.Layout(flex_flow="row wrap", gap="8px"))
+        return widgets.VBox([self.header, controls, self.status, self.results], layout=widgets.Layout(max_width="100%"))
+
+    def say(self, text: str, css: str = "") -> None:
+        self.status.value = f'<div class="bc-app bc-status"><span class="{css}">{html.escape(text)}</span></div>'
+
+    def to_do(self) -> list[int]:
         """Photos not answered yet, or whose failure may pass if tried again."""
-        return [i for i in range(len(state["photos"]))
-                if i not in state["answers"] or getattr(state["answers"][i][1], "retryable", False)]
+        return [i for i in range(len(self.photos))
+                if i not in self.answers or getattr(self.answers[i][1], "retryable", False)]
 
-    def show(final: bool) -> None:
-        state["run"] += 1
-        cards = [state["answers"][i][0] if i in state["answers"] else render_pending(photo)
-                 for i, photo in enumerate(state["photos"])]
-        results.value = _results(state["unreadable"] + cards, state["run"], final)
-        left = to_do()
-        retry = bool(left) and bool(state["answers"])
-        identify.description, identify.icon = ("Try again", "refresh") if retry else ("Identify", "search")
-        identify.disabled = not left
+    def show(self, final: bool) -> None:
+        self.run += 1
+        cards = [self.answers[i][0] if i in self.answers else render_pending(photo)
+                 for i, photo in enumerate(self.photos)]
+        self.results.value = _results(self.unreadable + cards, self.run, final)
+        left = self.to_do()
+        retry = bool(left) and bool(self.answers)
+        self.identify.description, self.identify.icon = ("Try again", "refresh") if retry else ("Identify", "search")
+        self.identify.disabled = not left
 
-    def on_upload(change: Any) -> None:
+    def on_upload(self, change: Any) -> None:
         files = list(change["new"] or ())
         if not files:
             return
-        photos, unreadable = [], []
-        for f in files:
-            name = str(f.get("name") or "photo")
-            try:
-                photos.append(prepare_photo(name, bytes(f["content"])))
-            except PhotoError as exc:
-                unreadable.append(render_error(str(exc), filename=name))
-        upload.value = ()  # the originals are not kept: only the small JPEGs are
-        with lock:
-            state.update(photos=photos, unreadable=unreadable, answers={})
-        show(final=False)
+        photos, unreadable = _read_uploads(files)
+        self.upload.value = ()  # the originals are not kept: only the small JPEGs are
+        with self.lock:
+            self.photos, self.unreadable, self.answers = photos, unreadable, {}
+        self.show(final=False)
         bad = f"; {_n(len(unreadable), 'file')} could not be read (see below)" if unreadable else ""
         if photos:
-            say(f"{_n(len(photos), 'photo')} ready{bad}. Press Identify.", "bc-warn" if unreadable else "")
+            self.say(f"{_n(len(photos), 'photo')} ready{bad}. Press Identify.", "bc-warn" if unreadable else "")
         else:
-            say(("This file" if len(unreadable) == 1 else f"None of these {len(unreadable)} files")
-                + " could not be read: see below.", "bc-failed")
+            self.say(("This file" if len(unreadable) == 1 else f"None of these {len(unreadable)} files")
+                     + " could not be read: see below.", "bc-failed")
 
-    def on_identify(_: Any) -> None:
-        with lock:  # a second click while running, or with nothing left to do, does nothing
-            todo = to_do()
-            if state["running"] or not todo:
+    def on_identify(self, _: Any) -> None:
+        with self.lock:  # a second click while running, or with nothing left to do, does nothing
+            todo = self.to_do()
+            if self.running or not todo:
                 return
-            state["running"] = True
-            photos = [state["photos"][i] for i in todo]
-        identify.disabled, identify.description, identify.icon = True, "Identifying…", "spinner"
-        say(f"Identifying {_n(len(photos), 'photo')}…", "bc-busy")
+            self.running = True
+            photos = [self.photos[i] for i in todo]
+        self.identify.disabled, self.identify.description, self.identify.icon = True, "Identifying…", "spinner"
+        self.say(f"Identifying {_n(len(photos), 'photo')}…", "bc-busy")
         try:
-            answers = client.predict_many([(p.name, p.jpeg) for p in photos])
+            answers = self.client.predict_many([(p.name, p.jpeg) for p in photos])
             for index, photo, answer in zip(todo, photos, answers):
                 if isinstance(answer, AppError):
-                    state["answers"][index] = (render_error(str(answer), photo.thumbnail_uri, photo.name), answer)
+                    self.answers[index] = (render_error(str(answer), photo.thumbnail_uri, photo.name), answer)
                 else:
-                    state["answers"][index] = (render_result(photo.name, answer, photo.thumbnail_uri), None)
-            total = len(state["photos"])
-            failed = [a for _, a in state["answers"].values() if a is not None]
-            unreadable = len(state["unreadable"])
-            bad = f"; {_n(unreadable, 'file')} could not be read" if unreadable else ""
-            if failed:
-                again = " Press Try again when you are ready." if any(a.retryable for a in failed) else ""
-                say(f"{total - len(failed)} of {_n(total, 'photo')} identified; {len(failed)} failed{bad} "
-                    f"(see below).{again}", "bc-failed")
-            elif unreadable:
-                say(f"Done: {_n(total, 'photo')} identified{bad} (see below).", "bc-warn")
-            else:
-                say(f"Done: {_n(total, 'photo')} identified.", "bc-done")
+                    self.answers[index] = (render_result(photo.name, answer, photo.thumbnail_uri), None)
+            failed = [a for _, a in self.answers.values() if a is not None]
+            self.say(*_summary(len(self.photos), failed, len(self.unreadable)))
         except Exception:  # never a traceback on the page
-            say("Something went wrong while identifying. Please try again.", "bc-failed")
+            self.say("Something went wrong while identifying. Please try again.", "bc-failed")
         finally:
-            with lock:
-                state["running"] = False
-            show(final=True)
+            with self.lock:
+                self.running = False
+            self.show(final=True)
 
-    upload.observe(on_upload, names="value")
-    identify.on_click(on_identify)
-    controls = widgets.HBox([upload, identify], layout=widgets.Layout(flex_flow="row wrap", gap="8px"))
-    return widgets.VBox([header, controls, status, results], layout=widgets.Layout(max_width="100%"))
+
+def build_app(client: ApiClient | None = None) -> Any:
+    """The whole page as one ipywidgets box (app.ipynb displays it)."""
+    return _Page(client or ApiClient()).box()
