@@ -120,7 +120,7 @@ def test_train_flags_are_the_config_fields():
     assert (config.precision, config.lr, config.distributed, config.evaluate, config.min_scale, config.split) == (
         "bf16", 0.01, True, False, 0.5, "random")
     recipe, _, _ = _train_config()
-    assert recipe.freeze_bn and recipe.onnx and recipe.patience == 3  # flags not given keep the recipe's values
+    assert recipe.freeze_bn and recipe.onnx and recipe.patience is None  # flags not given keep the recipe's values
 
 
 def test_a_train_flag_with_a_bad_value_is_refused(capsys):

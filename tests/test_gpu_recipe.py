@@ -80,3 +80,75 @@ def test_b3a_recipe_trains_with_mixed_precision_and_serves(shared_bird_dataset, 
     served = predictor.predict(image, top_k=3)
     assert np.allclose(sorted(t["probability"] for t in served.top_k), np.sort(calibrated / calibrated.sum()),
                        atol=1e-4)
+
+
+def test_the_gpu_check_runs_its_whole_path_in_smoke_mode(tmp_path):
+    """bench/gpu_check.sh without CUDA: train, export, verify and serve, with every figure the GPU run reports."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, env={"PYTHON": sys.executable,
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == "smoke (cpu)" and len(figures["epochs"]) == 2  # a frozen epoch, an unfrozen one
+    assert all(e["train_images"] == figures["images"]["train"] and e["seconds"] > 0 for e in figures["epochs"])
+    assert figures["images_per_s"] > 0 and 0 <= figures["test_top1"] <= 1
+    assert figures["onnx"]["top1_agreement"] == 1.0 and figures["onnx"]["max_abs_diff"] < 1e-3
+    assert figures["served_answer"]["verdict"] in ("species", "unsure", "not_a_bird")
+    assert "s_per_epoch" in done.stdout and "test_top1" in done.stdout
+
+
+def _tiny_run(tmp_path, shared_bird_dataset, **overrides):
+    from birdclf.training.trainer import TrainConfig, TrainingRun
+
+    cfg = TrainConfig(**({"data": str(shared_bird_dataset), "arch": "test_efficientnet", "pretrained": False,
+                          "epochs": 1, "freeze_epochs": 1, "bs": 6, "input_size": 64, "num_workers": 0,
+                          "out": str(tmp_path), "name": "tiny"} | overrides))
+    return TrainingRun(cfg)
+
+
+def test_a_learner_given_to_fp16_by_the_user_gets_one_mixed_precision_not_two(tmp_path, shared_bird_dataset):
+    from fastai.callback.fp16 import MixedPrecision
+
+    from birdclf.training.callbacks import DeviceMixedPrecision
+
+    run = _tiny_run(tmp_path, shared_bird_dataset, precision="bf16")
+    ours = next(cb for cb in run.learn.cbs if isinstance(cb, DeviceMixedPrecision))
+    run.learn.to_fp16()  # what a fastai user does in a notebook
+    ours.before_fit()
+    assert [type(cb) for cb in run.learn.cbs if isinstance(cb, MixedPrecision)] == [MixedPrecision]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_on_a_gpu_seeding_keeps_cudnn_benchmark_and_trains_channels_last(tmp_path, shared_bird_dataset,
+                                                                          monkeypatch, deterministic):
+    """The GPU set-up, as seen with CUDA reported present: cudnn.benchmark on unless a repeatable run is asked for,
+    and the ChannelsLast callback in place."""
+    import torch
+    from fastai.callback.channelslast import ChannelsLast
+
+    from birdclf.training import trainer
+
+    monkeypatch.setattr(trainer, "_on_gpu", lambda: True)  # the data stay on the CPU (fastai's own device check)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    run = _tiny_run(tmp_path, shared_bird_dataset, precision="bf16", deterministic=deterministic,
+                    name=f"gpu-{deterministic}")
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    assert torch.backends.cudnn.deterministic is deterministic
+    assert any(isinstance(cb, ChannelsLast) for cb in run.learn.cbs)
+
+
+def test_early_stopping_watches_the_valid_loss_and_is_off_by_default(tmp_path, shared_bird_dataset):
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    assert not any(isinstance(cb, EarlyStoppingCallback) for cb in _tiny_run(tmp_path, shared_bird_dataset).callbacks())
+    stops = [cb for cb in _tiny_run(tmp_path, shared_bird_dataset, patience=2, name="p").callbacks()
+             if isinstance(cb, EarlyStoppingCallback)]
+    assert len(stops) == 1 and stops[0].monitor == "valid_loss"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from torch import nn
 
 __all__ = ["FreezeBodyBatchNorm", "DeviceMixedPrecision"]
+
+logger = logging.getLogger(__name__)
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -39,6 +43,10 @@ class DeviceMixedPrecision(MixedPrecision):
         self.precision = precision
 
     def before_fit(self) -> None:
+        if any(isinstance(cb, MixedPrecision) and cb is not self for cb in self.learn.cbs):
+            logger.info("the learner already has a mixed-precision callback (learn.to_fp16()): using that one")
+            self.learn.remove_cb(self)  # two would autocast twice and scale the loss twice
+            return
         device = getattr(self.dls, "device", None) or torch.device("cpu")
         if device.type == "cuda":
             super().before_fit()

@@ -56,6 +56,8 @@ class TrainConfig:
     mini: int | None = _option(None, "N train images per class (a quick run)")
     max_classes: int | None = _option(None, "only the first N classes (a quick run)")
     seed: int = _option(42, "seed for the split, the subset and training")
+    deterministic: bool = _option(False, "bit-for-bit repeatable GPU runs (turns cudnn.benchmark off: slower); CPU "
+                                         "runs always are")
     pretrained: bool = _option(True, "start from ImageNet weights")
     fast_head: bool = _option(False, "train the head on cached frozen-body features first (the recipe's default "
                                      "on CPU)")
@@ -65,7 +67,9 @@ class TrainConfig:
                               aliases={"--train-bn-stats": False})
     min_scale: float = _option(0.35, "item random crop: smallest fraction of the image kept")
     batch_min_scale: float = _option(0.75, "batch random crop (aug_transforms)")
-    patience: int | None = _option(3, "early-stopping patience in epochs")
+    patience: int | None = _option(None, "stop when the valid loss has not improved for N epochs (default: never: "
+                                         "one-cycle anneals the learning rate in its last epochs, and the best "
+                                         "epoch is kept anyway)")
     lr_find_iters: int = _option(100, "lr_find iterations")
     num_workers: int | None = _option(None, "data loader workers (default: fastai's)")
     out: str = _option("runs", "runs folder")
@@ -160,6 +164,23 @@ def _save_plot(draw: Any, path: Path) -> None:
         plt.close(number)
 
 
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def seed_run(seed: int, deterministic: bool = False, gpu: bool = False) -> None:
+    """Seed Python, numpy and torch. On a GPU, cudnn.benchmark stays on (the fastest convolution algorithms for
+    the fixed input size) unless `deterministic` asks for bit-for-bit repeats; CPU runs always repeat."""
+    import torch
+    from fastai.torch_core import set_seed
+
+    set_seed(seed, reproducible=deterministic or not gpu)
+    if gpu:
+        torch.backends.cudnn.benchmark = not deterministic
+
+
 def _run_dir(cfg: TrainConfig, arch: str, resume: bool = False) -> Path:
     name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{arch}"
     run_dir = Path(cfg.out) / name
@@ -184,15 +205,14 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, _resume: bool = False) -> None:
         """Seed, data, DataLoaders, the Learner (ImageNet weights, frozen body), the run folder and config.json."""
-        import torch
-        from fastai.torch_core import set_seed
 
         from .loaders import make_dataloaders
 
         self.cfg = cfg
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
-        set_seed(cfg.seed, reproducible=True)
+        gpu = _on_gpu()
+        seed_run(cfg.seed, cfg.deterministic, gpu)
         self.arch = cfg.arch or default_arch()
         self.splits = prepare_data(cfg)
         labels = sorted({label for _, label in self.splits["train"]})
@@ -202,7 +222,11 @@ class TrainingRun:
         self.run_dir = _run_dir(cfg, self.arch, resume=_resume)
         self.learn = make_learner(self.dls, self.arch, config, pretrained=cfg.pretrained, path=self.run_dir,
                                   label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
-        self.precision = cfg.precision or ("fp16" if torch.cuda.is_available() else "fp32")
+        if gpu:
+            from fastai.callback.channelslast import ChannelsLast
+
+            self.learn.add_cb(ChannelsLast())  # convolutions in NHWC: faster on tensor cores (fp16 and bf16)
+        self.precision = cfg.precision or ("fp16" if gpu else "fp32")
         if self.precision != "fp32":
             from .callbacks import DeviceMixedPrecision
 
@@ -271,14 +295,15 @@ class TrainingRun:
         return self.record["lr_find"]["valley"]
 
     def callbacks(self) -> list:
-        """The callbacks for fitting: CSV history, keep the best epoch, stop early when accuracy stalls."""
+        """The callbacks for fitting: CSV history, keep the best epoch; with `patience`, stop when the valid loss
+        stalls (not accuracy: it plateaus for epochs while one-cycle is still annealing)."""
         from fastai.callback.progress import CSVLogger
         from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 
         cbs = [CSVLogger(fname="history.csv", append=True),
                SaveModelCallback(monitor="accuracy", fname="best", with_opt=False)]
         if self.cfg.patience:
-            cbs.append(EarlyStoppingCallback(monitor="accuracy", patience=self.cfg.patience))
+            cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=self.cfg.patience))
         return cbs
 
     def fit(self, lr: float | None = None) -> None:
@@ -404,7 +429,10 @@ class TrainingRun:
         if calibration.bird_threshold is not None:
             updates["bird_threshold"] = calibration.bird_threshold
         learn.birdclf_config = replace(learn.birdclf_config, **updates)
+        import torch
+
         learn.model.cpu()  # exported from the CPU: export.pkl loads anywhere, and ONNX parity runs on CPU
+        learn.model.to(memory_format=torch.contiguous_format)  # trained channels-last on a GPU
         learn.dls.cpu()
         cached = learn.__dict__.pop("cached_features", None)  # features stay out of export.pkl
         try:
