@@ -15,11 +15,19 @@ import pytest
 from PIL import Image
 
 from birdclf.data.check import check_dataset
-from birdclf.data.download import download_kaggle, download_url, extract_archive, get_data, sha256_of
+from birdclf.data.download import (
+    download_kaggle,
+    download_url,
+    extract_archive,
+    get_data,
+    parse_kaggle_source,
+    sha256_of,
+)
 from birdclf.data.labels import label_map, label_slug, normalize_label
 from birdclf.data.layout import list_images, read_dataset
 from birdclf.data.split import dataset_stats, make_splits, materialize, mini_subset
 from birdclf.errors import DataError
+from tests.conftest import make_image
 
 
 def test_kaggle_layout_and_labels(bird_dataset):
@@ -186,6 +194,134 @@ def test_kaggle_without_credentials_explains(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(DataError, match="KAGGLE_USERNAME"):
         download_kaggle(tmp_path / "k")
+
+
+_FAKE_CLIENT = """
+import io, os, zipfile
+CALLS = []
+if os.environ.get("FAKE_KAGGLE_EXIT_ON_IMPORT"):
+    raise SystemExit("Could not find kaggle.json. Make sure it's located in ~/.kaggle")
+
+
+class KaggleApi:
+    def authenticate(self):
+        pass
+
+    def dataset_download_files(self, dataset, path=None, unzip=False, quiet=True):
+        CALLS.append(dataset)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for split in ("train", "valid", "test"):
+                zf.writestr(f"{split}/ABBOTTS BABBLER/1.jpg", open(os.environ["FAKE_KAGGLE_IMAGE"], "rb").read())
+        slug = dataset.split("/")[1]
+        with open(os.path.join(path, slug + ".zip"), "wb") as f:
+            f.write(buf.getvalue())
+"""
+
+
+@pytest.fixture
+def kaggle_client(tmp_path, monkeypatch):
+    """The Kaggle client's download call, played by a local package (Kaggle cannot be reached from here): it
+    writes the zip where and as the real client 2.x does (path/<slug>.zip, whatever the version)."""
+    import sys
+
+    package = tmp_path / "fake_site" / "kaggle"
+    (package / "api").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "api" / "__init__.py").write_text("")
+    (package / "api" / "kaggle_api_extended.py").write_text(_FAKE_CLIENT)
+    image = tmp_path / "bird.jpg"
+    image.write_bytes(make_image())
+    monkeypatch.setenv("FAKE_KAGGLE_IMAGE", str(image))
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0123")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake_site"))
+    for name in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        sys.modules.pop(name)
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("kaggle", ("gpiosenka/100-bird-species", None)),
+    ("kaggle:gpiosenka/100-bird-species", ("gpiosenka/100-bird-species", None)),
+    ("kaggle:gpiosenka/100-bird-species/58", ("gpiosenka/100-bird-species", 58)),
+    ("kaggle:someone/birds/", ("someone/birds", None))])
+def test_kaggle_sources_name_a_dataset_and_maybe_a_version(source, expected):
+    assert parse_kaggle_source(source) == expected
+
+
+@pytest.mark.parametrize("source", ["kaggle:birds", "kaggle:a/b/latest", "kaggle:a//3", "kaggle:a/b/c/d"])
+def test_a_malformed_kaggle_source_is_refused_naming_the_form(source):
+    with pytest.raises(DataError, match="kaggle:owner/name|must be a number"):
+        parse_kaggle_source(source)
+
+
+@pytest.mark.parametrize("version", [None, 3])
+def test_every_kaggle_version_downloads_to_its_own_folder(tmp_path, kaggle_client, version):
+    """kaggle:owner/name/VERSION asks the client for that version and finds the zip it writes (named after the
+    dataset, not the version: the old code looked for 3.zip)."""
+    source = "kaggle:gpiosenka/100-bird-species" + (f"/{version}" if version else "")
+    root = get_data(source, tmp_path / "data")
+    import kaggle.api.kaggle_api_extended as client
+
+    assert client.CALLS == ["gpiosenka/100-bird-species" + (f"/{version}" if version else "")]
+    assert root == tmp_path / "data" / ("100-bird-species" + (f"-v{version}" if version else "")) / "extracted"
+    assert (root / "train" / "ABBOTTS BABBLER" / "1.jpg").is_file()
+
+
+def test_a_kaggle_client_that_exits_on_import_is_one_sentence(tmp_path, kaggle_client, monkeypatch):
+    monkeypatch.setenv("FAKE_KAGGLE_EXIT_ON_IMPORT", "1")
+    with pytest.raises(DataError, match="refused the credentials from environment"):
+        download_kaggle(tmp_path / "k")
+
+
+def _colab_secrets(monkeypatch, secrets: dict):
+    import sys
+    import types
+
+    class SecretNotFoundError(Exception):
+        pass
+
+    def get(name):
+        if name not in secrets:
+            raise SecretNotFoundError(name)
+        return secrets[name]
+
+    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=get)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+
+
+def test_on_colab_the_credentials_come_from_its_secrets(tmp_path, kaggle_client, monkeypatch):
+    from birdclf.data.download import kaggle_credentials
+
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
+    monkeypatch.chdir(tmp_path)
+    _colab_secrets(monkeypatch, {"KAGGLE_USERNAME": "colab-user", "KAGGLE_KEY": "abc"})
+    assert kaggle_credentials() == "Colab Secrets"
+    assert os.environ["KAGGLE_USERNAME"] == "colab-user" and os.environ["KAGGLE_KEY"] == "abc"
+    assert get_data("kaggle", tmp_path / "data").is_dir()
+
+
+def test_missing_colab_secrets_are_one_sentence_and_an_uploaded_kaggle_json_is_used(tmp_path, monkeypatch):
+    from birdclf.data.download import kaggle_credentials
+
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nokaggle"))
+    monkeypatch.chdir(tmp_path)
+    _colab_secrets(monkeypatch, {"KAGGLE_USERNAME": "colab-user"})
+    with pytest.raises(DataError, match="Colab Secrets lack KAGGLE_USERNAME and KAGGLE_KEY"):
+        kaggle_credentials()
+    (tmp_path / "kaggle.json").write_text('{"username": "u", "key": "k"}')  # uploaded to /content
+    assert kaggle_credentials() == str(tmp_path / "kaggle.json")
+    assert os.environ["KAGGLE_CONFIG_DIR"] == str(tmp_path)
 
 
 def test_unknown_source(tmp_path):

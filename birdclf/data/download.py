@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import DataError
 
 __all__ = ["KAGGLE_DATASET", "download_url", "sha256_of", "extract_archive", "find_data_root", "download_kaggle",
-           "get_data"]
+           "parse_kaggle_source", "kaggle_credentials", "get_data"]
 
 KAGGLE_DATASET = "gpiosenka/100-bird-species"  # BIRDS 525 SPECIES - IMAGE CLASSIFICATION
 _CHUNK = 1 << 20
@@ -121,33 +121,78 @@ def find_data_root(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def download_kaggle(dest: str | os.PathLike, dataset: str = KAGGLE_DATASET) -> Path:
-    """Download and extract a Kaggle dataset with the official client (KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json)."""
-    dest = Path(dest)
+def parse_kaggle_source(source: str) -> tuple[str, int | None]:
+    """'kaggle', 'kaggle:owner/name' or 'kaggle:owner/name/<version>' -> (owner/name, version or None: newest)."""
+    spec = source.split(":", 1)[1] if ":" in source else KAGGLE_DATASET
+    parts = spec.strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise DataError(f"not a Kaggle dataset: {source!r} (use kaggle:owner/name or kaggle:owner/name/VERSION)")
+    if len(parts) == 3 and not parts[2].isdigit():
+        raise DataError(f"the Kaggle dataset version must be a number: {source!r} (e.g. kaggle:{KAGGLE_DATASET}/1)")
+    return "/".join(parts[:2]), int(parts[2]) if len(parts) == 3 else None
+
+
+def kaggle_credentials() -> str:
+    """Where the Kaggle credentials come from: KAGGLE_USERNAME/KAGGLE_KEY, a kaggle.json (~/.kaggle,
+    $KAGGLE_CONFIG_DIR, or uploaded to the current folder), or Colab Secrets; DataError in one sentence if none."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return "environment"
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    if (config_dir / "kaggle.json").is_file():
+        return str(config_dir / "kaggle.json")
+    if Path("kaggle.json").is_file():  # uploaded into Colab's /content
+        os.environ["KAGGLE_CONFIG_DIR"] = str(Path.cwd())
+        return str(Path.cwd() / "kaggle.json")
     try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+
+        os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"] = userdata.get("KAGGLE_USERNAME"), \
+            userdata.get("KAGGLE_KEY")
+        return "Colab Secrets"
+    except ImportError:
+        pass
+    except Exception as exc:  # a secret missing, or not shared with this notebook
+        raise DataError("Colab Secrets lack KAGGLE_USERNAME and KAGGLE_KEY (or this notebook may not read them): "
+                        "add both in the key icon on the left, or upload kaggle.json") from exc
+    raise DataError("no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
+                    "(Kaggle > Settings > API > Create New Token), or on Colab add both as Secrets")
+
+
+def download_kaggle(dest: str | os.PathLike, dataset: str = KAGGLE_DATASET, version: int | None = None) -> Path:
+    """Download and extract a Kaggle dataset (a given version, else the newest) with the official client."""
+    dest = Path(dest)
+    source = kaggle_credentials()
+    try:  # some versions of the client authenticate on import, and exit when that fails
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as exc:
         raise DataError("the Kaggle client is missing: pip install kaggle (in the train extra)") from exc
+    except BaseException as exc:
+        raise DataError(f"the Kaggle client refused the credentials from {source}: {exc}") from exc
     api = KaggleApi()
     try:
         api.authenticate()
     except BaseException as exc:  # the client raises OSError or exits when no credentials exist
-        raise DataError("no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in "
-                        "~/.kaggle/ (Kaggle > Settings > API > Create New Token)") from exc
-    dest.mkdir(parents=True, exist_ok=True)
+        raise DataError(f"the Kaggle client refused the credentials from {source}: {exc}") from exc
+    slug = dataset.split("/")[1]
+    folder = dest / (f"{slug}-v{version}" if version else slug)  # versions never overwrite each other
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        api.dataset_download_files(dataset, path=str(dest), unzip=False, quiet=False)
+        api.dataset_download_files(f"{dataset}/{version}" if version else dataset, path=str(folder), unzip=False,
+                                   quiet=False)
     except Exception as exc:
-        raise DataError(f"Kaggle download of {dataset} failed: {exc}") from exc
-    archive = dest / f"{dataset.split('/')[-1]}.zip"
-    return find_data_root(extract_archive(archive, dest / "extracted"))
+        raise DataError(f"Kaggle download of {dataset}{f' version {version}' if version else ''} failed: "
+                        f"{exc}") from exc
+    archive = folder / f"{slug}.zip"  # the client names it after the dataset, whatever the version
+    if not archive.is_file():
+        raise DataError(f"the Kaggle client wrote no {archive.name} in {folder}")
+    return find_data_root(extract_archive(archive, folder / "extracted"))
 
 
 def get_data(source: str, dest: str | os.PathLike, sha256: str | None = None) -> Path:
     """'kaggle' (or 'kaggle:owner/name'), an archive URL, or a local folder -> the data root to train from."""
     dest = Path(dest)
     if source == "kaggle" or source.startswith("kaggle:"):
-        return download_kaggle(dest, source.split(":", 1)[1] if ":" in source else KAGGLE_DATASET)
+        return download_kaggle(dest, *parse_kaggle_source(source))
     if source.startswith(("http://", "https://")):
         name = Path(source.split("?", 1)[0]).name or "data.archive"
         archive = download_url(source, dest / name, sha256=sha256)
