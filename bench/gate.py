@@ -232,6 +232,33 @@ def known_run_splits(result) -> dict:
             for name, ds in (("train", dls.train_ds), ("valid", dls.valid_ds))}
 
 
+def _open_set(base: dict, test: list, head50: Predictor, out: Path) -> dict:
+    """Trained on 40 of cub50's species, shown the other 10: how many are held back, and the open-set scores."""
+    from birdclf.training.trainer import TrainConfig, train
+
+    known_run = train(TrainConfig(**base, epochs=0, max_classes=40, name="open40"))
+    open_model = Predictor(known_run.run_dir / "model.onnx")
+    known = set(open_model.labels)
+    unknown_items = [(p, label) for p, label in test if label not in known]
+    known_items = [(p, label) for p, label in test if label in known]
+    logits, bird = outputs(open_model, [p for p, _ in unknown_items])
+    cal = {"temperature": open_model.config.temperature, "species_threshold": open_model.config.species_threshold,
+           "bird_threshold": open_model.bird_threshold}
+    open_set = abstention_stats(logits, np.full(len(unknown_items), -1), cal, bird)
+    idx50 = {label: i for i, label in enumerate(head50.labels)}
+    idx40 = {label: i for i, label in enumerate(open_model.labels)}
+    l50, _ = outputs(head50, [p for p, _ in known_items])
+    l40, _ = outputs(open_model, [p for p, _ in known_items])
+    scores = open_set_scores(known_run.learn, known_run_splits(known_run), known_items, unknown_items,
+                             out / "features")
+    summary = {
+        "unknown_species": len({label for _, label in unknown_items}), "unknown_images": len(unknown_items),
+        "answered_unsure_or_not_a_bird": round(1 - open_set["coverage"], 4), **open_set,
+        "known_top1_40_class_model": float((l40.argmax(1) == np.array([idx40[lab] for _, lab in known_items])).mean()),
+        "known_top1_50_class_model": float((l50.argmax(1) == np.array([idx50[lab] for _, lab in known_items])).mean())}
+    return {"open_set": summary, "open_set_scores": scores}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for the fine-tuned model")
@@ -268,27 +295,7 @@ def main() -> None:
         gates.append(gate_rows(name, predictor, nonbird, birds))
         verdicts.append(trained_rows(name, predictor, test))
 
-    known_run = train(TrainConfig(**base, epochs=0, max_classes=40, name="open40"))
-    open_model = Predictor(known_run.run_dir / "model.onnx")
-    known = set(open_model.labels)
-    unknown_items = [(p, label) for p, label in test if label not in known]
-    known_items = [(p, label) for p, label in test if label in known]
-    logits, bird = outputs(open_model, [p for p, _ in unknown_items])
-    cal = {"temperature": open_model.config.temperature, "species_threshold": open_model.config.species_threshold,
-           "bird_threshold": open_model.bird_threshold}
-    open_set = abstention_stats(logits, np.full(len(unknown_items), -1), cal, bird)
-    head50 = Predictor(models["cub50 head-only"])
-    idx50 = {label: i for i, label in enumerate(head50.labels)}
-    idx40 = {label: i for i, label in enumerate(open_model.labels)}
-    l50, _ = outputs(head50, [p for p, _ in known_items])
-    l40, _ = outputs(open_model, [p for p, _ in known_items])
-    record["open_set_scores"] = open_set_scores(known_run.learn, known_run_splits(known_run), known_items,
-                                                unknown_items, out / "features")
-    record["open_set"] = {
-        "unknown_species": len({label for _, label in unknown_items}), "unknown_images": len(unknown_items),
-        "answered_unsure_or_not_a_bird": round(1 - open_set["coverage"], 4), **open_set,
-        "known_top1_40_class_model": float((l40.argmax(1) == np.array([idx40[lab] for _, lab in known_items])).mean()),
-        "known_top1_50_class_model": float((l50.argmax(1) == np.array([idx50[lab] for _, lab in known_items])).mean())}
+    record.update(_open_set(base, test, Predictor(models["cub50 head-only"]), out))
 
     calibration_paths = [p for p, _ in cub["train"]][::4][:300]
     kaggle = [(p, s.name) for s in sorted((SHARED / "kaggle525-sample" / "valid").iterdir()) if s.is_dir()
