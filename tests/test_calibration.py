@@ -122,3 +122,29 @@ def test_card_has_no_local_paths_and_renders():
     text = render_card(card)
     for words in ("Intended use", "Rock_Wren 0.5", "softmax(logits / 1.2)", "Bird gate", "Limits", "Test: 80.0%"):
         assert words in text
+
+
+@pytest.mark.parametrize("gate,words", [("shared", "backbone's ImageNet classifier"), ("fixed", "fixed branch"),
+                                        (None, None)])
+def test_card_names_the_gate_exported_and_where_the_data_came_from(tmp_path, gate, words):
+    """A fine-tuned run ships the fixed gate branch and its card says so; a folder `birdclf data download` fetched
+    is named with its Kaggle source and version."""
+    import json
+
+    from birdclf.data.download import ORIGIN_FILE
+
+    data = tmp_path / "100-bird-species-v3" / "extracted"
+    data.mkdir(parents=True)
+    (data / ORIGIN_FILE).write_text(json.dumps({"source": "kaggle:gpiosenka/100-bird-species/3", "version": 3,
+                                                "downloaded": "2026-12-04"}))
+    card = build_card("m", "run", "efficientnet_b3a", "timm-hub", data, "given", 3, {"train": 1}, None,
+                      {"temperature": 1.0, "species_threshold": 0.7, "coverage": 0.8, "precision": 0.98,
+                       "bird_threshold": 0.15, "bird_pass": 1.0}, gate=gate)
+    assert card["data"]["origin"] == {"source": "kaggle:gpiosenka/100-bird-species/3", "version": 3,
+                                      "downloaded": "2026-12-04"}
+    text = render_card(card)
+    assert "downloaded from `kaggle:gpiosenka/100-bird-species/3` (version: 3, 2026-12-04)" in text
+    if words is None:
+        assert "gate" not in card and "Bird gate" not in text
+    else:
+        assert card["gate"]["branch"] == gate and words in card["gate"]["kind"] and words in text

@@ -269,6 +269,10 @@ def test_every_kaggle_version_downloads_to_its_own_folder(tmp_path, kaggle_clien
     assert client.CALLS == ["gpiosenka/100-bird-species" + (f"/{version}" if version else "")]
     assert root == tmp_path / "data" / ("100-bird-species" + (f"-v{version}" if version else "")) / "extracted"
     assert (root / "train" / "ABBOTTS BABBLER" / "1.jpg").is_file()
+    from birdclf.data.download import data_origin
+
+    origin = data_origin(root / "train")  # found from the data folder or below it
+    assert origin["source"] == source and origin["version"] == (version or "the newest when downloaded")
 
 
 def test_a_kaggle_client_that_exits_on_import_is_one_sentence(tmp_path, kaggle_client, monkeypatch):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tarfile
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -12,9 +14,10 @@ from pathlib import Path
 from ..errors import DataError
 
 __all__ = ["KAGGLE_DATASET", "download_url", "sha256_of", "extract_archive", "find_data_root", "download_kaggle",
-           "parse_kaggle_source", "kaggle_credentials", "get_data"]
+           "parse_kaggle_source", "kaggle_credentials", "data_origin", "ORIGIN_FILE", "get_data"]
 
 KAGGLE_DATASET = "gpiosenka/100-bird-species"  # BIRDS 525 SPECIES - IMAGE CLASSIFICATION
+ORIGIN_FILE = "birdclf-origin.json"  # what was downloaded, and when: the model card names it
 _CHUNK = 1 << 20
 
 
@@ -185,7 +188,26 @@ def download_kaggle(dest: str | os.PathLike, dataset: str = KAGGLE_DATASET, vers
     archive = folder / f"{slug}.zip"  # the client names it after the dataset, whatever the version
     if not archive.is_file():
         raise DataError(f"the Kaggle client wrote no {archive.name} in {folder}")
-    return find_data_root(extract_archive(archive, folder / "extracted"))
+    extracted = extract_archive(archive, folder / "extracted")
+    origin = {"source": f"kaggle:{dataset}" + (f"/{version}" if version else ""), "dataset": dataset,
+              "version": version if version else "the newest when downloaded",
+              "downloaded": time.strftime("%Y-%m-%d", time.gmtime())}
+    (extracted / ORIGIN_FILE).write_text(json.dumps(origin, indent=2) + "\n")
+    return find_data_root(extracted)
+
+
+def data_origin(data: str | os.PathLike) -> dict | None:
+    """Where a data folder came from, as `birdclf data download` recorded it (in the folder or up to three above
+    it), or None for data that came otherwise."""
+    folder = Path(data).resolve()
+    for candidate in [folder, *list(folder.parents)[:3]]:
+        record = candidate / ORIGIN_FILE
+        if record.is_file():
+            try:
+                return json.loads(record.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def get_data(source: str, dest: str | os.PathLike, sha256: str | None = None) -> Path:

@@ -24,14 +24,28 @@ LIMITS = [
 ]
 
 
+_GATE_KINDS = {
+    "shared": "the backbone's ImageNet classifier beside the new head; P(bird) = mass of ImageNet's 59 bird classes",
+    "fixed": "a fixed branch, the starter's frozen ImageNet EfficientNet-Lite0 on the same photo (fine-tuning moved "
+             "the body, so its own ImageNet classifier no longer holds); P(bird) = mass of ImageNet's 59 bird "
+             "classes"}
+
+
 def build_card(name: str, version: str, arch: str, weights: str, data: str | os.PathLike, split: str,
                classes: int, images: dict[str, int], test: dict[str, Any] | None,
-               calibration: dict[str, Any] | None, int8: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The card as a JSON-ready dict (no local paths: only the data folder's name)."""
+               calibration: dict[str, Any] | None, int8: dict[str, Any] | None = None,
+               gate: str | None = "shared") -> dict[str, Any]:
+    """The card as a JSON-ready dict (no local paths: only the data folder's name, and where it was downloaded
+    from when `birdclf data download` fetched it). `gate`: "shared", "fixed" or None, the gate exported."""
+    from ..data.download import data_origin
+
     card: dict[str, Any] = {
         "model": name, "version": version, "arch": arch, "weights": weights,
         "data": {"source": Path(data).name, "split": split, "classes": classes, "images": images},
         "intended_use": INTENDED_USE, "limits": LIMITS}
+    origin = data_origin(data)
+    if origin:
+        card["data"]["origin"] = {k: origin[k] for k in ("source", "version", "downloaded") if k in origin}
     if test:
         card["test"] = {k: round(float(test[k]), 4) for k in ("accuracy", "top5_accuracy", "f1_weighted")
                         if k in test} | {"images": int(test.get("num_images", 0)),
@@ -52,10 +66,10 @@ def build_card(name: str, version: str, arch: str, weights: str, data: str | os.
         if test and test.get("reliability"):
             card["abstention"]["reliability"] = {"ece": test["reliability"]["ece"],
                                                  "figure": "evaluation/reliability.png"}
-        card["gate"] = {"kind": "the backbone's ImageNet classifier beside the new head; P(bird) = mass of "
-                                "ImageNet's 59 bird classes",
-                        "bird_threshold": calibration.get("bird_threshold"),
-                        "valid_bird_pass": calibration.get("bird_pass")}
+        if gate:
+            card["gate"] = {"kind": _GATE_KINDS.get(gate, gate), "branch": gate,
+                            "bird_threshold": calibration.get("bird_threshold"),
+                            "valid_bird_pass": calibration.get("bird_pass")}
     if int8:
         card["int8"] = int8
     return card
@@ -71,7 +85,9 @@ def render_card(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card.get('model')} (version {card.get('version')})", "",
              f"- Architecture: `{card.get('arch')}`, weights: {card.get('weights')}",
              f"- Data: `{data.get('source')}` ({data.get('split')} split), {data.get('classes')} classes, images "
-             + ", ".join(f"{k} {v}" for k, v in (data.get("images") or {}).items()), "",
+             + ", ".join(f"{k} {v}" for k, v in (data.get("images") or {}).items())
+             + (f"; downloaded from `{data['origin']['source']}` (version: {data['origin'].get('version')}, "
+                f"{data['origin'].get('downloaded')})" if data.get("origin") else ""), "",
              "## Intended use", "", card.get("intended_use", INTENDED_USE), ""]
     if "coverage" in card:
         lines += ["## Coverage", "", card["coverage"]["summary"], "",

@@ -421,8 +421,12 @@ class TrainingRun:
             result.metrics["test"] = test
         shown = {k: v for k, v in (test or {}).items() if k != "top_losses"}
         name = f"birdclf-{self.arch}"
+        from .gate import FixedGate
+
+        gate = getattr(learn, "bird_gate", None)
         card = build_card(name, self.run_dir.name, self.arch, learn.weights_source, cfg.data, cfg.split,
-                          len(learn.dls.vocab), self.record["images"], shown, calibration.to_dict())
+                          len(learn.dls.vocab), self.record["images"], shown, calibration.to_dict(),
+                          gate=None if gate is None else "fixed" if isinstance(gate, FixedGate) else "shared")
         write_card(self.run_dir, card)
         updates: dict[str, Any] = {"temperature": calibration.temperature,
                                    "species_threshold": calibration.species_threshold, "card": card}
