@@ -86,3 +86,48 @@ def test_failure_after_training_keeps_the_weights_and_export_finishes(shared_bir
 
     finished = load_run(folder).model[1].state_dict()
     assert all(finished[k].equal(v) for k, v in expected.items())  # the trained head, not a fresh one
+
+
+def _fake_colab(monkeypatch, mount):
+    import types
+
+    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mount)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+
+
+def test_on_colab_drive_is_mounted_by_default_and_a_refusal_is_said(tmp_path, monkeypatch, capsys):
+    from birdclf.training.notebook import setup
+
+    mounted = []
+    _fake_colab(monkeypatch, lambda where: mounted.append(where))
+    monkeypatch.setattr("birdclf.training.notebook.Path", lambda p=".": tmp_path / str(p).lstrip("/"))
+    env = setup(workdir=tmp_path / "work")  # MOUNT_DRIVE = None: Colab mounts
+    assert mounted == ["/content/drive"] and env["colab"]
+
+    def refuse(where):
+        raise ValueError("mount failed")
+
+    _fake_colab(monkeypatch, refuse)
+    setup(workdir=tmp_path / "work")
+    assert "Google Drive was not mounted (ValueError: mount failed)" in capsys.readouterr().out
+    mounted.clear()
+    _fake_colab(monkeypatch, lambda where: mounted.append(where))
+    setup(mount_drive=False, workdir=tmp_path / "work")
+    assert mounted == []
+
+
+def test_setup_says_how_to_finish_a_run_that_stopped(tmp_path, capsys):
+    from birdclf.training.notebook import setup, unfinished_runs
+
+    stopped, done = tmp_path / "runs" / "stopped", tmp_path / "runs" / "done"
+    for run in (stopped, done):
+        (run / "models").mkdir(parents=True)
+        (run / "config.json").write_text("{}")
+        (run / "models" / "best.pth").write_bytes(b"w")
+    (done / "export.pkl").write_bytes(b"x")
+    assert unfinished_runs(tmp_path / "runs") == [stopped]
+    setup(workdir=tmp_path)
+    assert f"birdclf export {stopped}" in capsys.readouterr().out

@@ -7,21 +7,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["setup", "smoke_data", "smoke_config", "smoke_run", "show_images"]
+__all__ = ["DRIVE_WORKDIR", "setup", "unfinished_runs", "smoke_data", "smoke_config", "smoke_run", "show_images"]
+
+DRIVE_WORKDIR = "/content/drive/MyDrive/birdclf"  # runs on Colab, kept across sessions
 
 
-def setup(mount_drive: bool = False, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Detect Colab and the GPU, mount Google Drive if asked, and pick the working folder for runs (`workdir`, on
-    Drive when mounted, so they outlive the Colab session) and for data (`datadir`: on Colab always the local disk,
-    since tens of thousands of small files on Drive are slow and Drive has no symlinks)."""
+def setup(mount_drive: bool | None = None, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Detect Colab and the GPU, mount Google Drive (on Colab by default: `mount_drive=None`) and pick the working
+    folder for runs (`workdir`, on Drive when mounted, so they outlive a disconnect) and for data (`datadir`: on
+    Colab always the local disk, since tens of thousands of small files on Drive are slow and Drive has no
+    symlinks). If Drive cannot be mounted, runs stay on the local disk and it says so."""
     import torch
 
     colab = "google.colab" in sys.modules
-    if mount_drive and colab:
-        from google.colab import drive  # type: ignore[import-not-found]
+    if colab and mount_drive is not False:
+        try:
+            from google.colab import drive  # type: ignore[import-not-found]
 
-        drive.mount("/content/drive")
-        workdir = workdir or "/content/drive/MyDrive/birdclf"
+            drive.mount("/content/drive")
+            workdir = workdir or DRIVE_WORKDIR
+        except Exception as exc:  # refused in the pop-up, or no Drive for this account
+            print(f"Google Drive was not mounted ({type(exc).__name__}: {exc}): runs stay in /content/birdclf and "
+                  "are lost when the Colab session ends; set MOUNT_DRIVE = True and allow access to keep them")
     workdir = Path(workdir or ("/content/birdclf" if colab else "."))
     datadir = Path("/content/birdclf-data") if colab else workdir
     for folder in (workdir, datadir):
@@ -30,7 +37,19 @@ def setup(mount_drive: bool = False, workdir: str | os.PathLike | None = None) -
     info = {"colab": colab, "gpu": gpu, "device": torch.cuda.get_device_name(0) if gpu else "cpu",
             "workdir": workdir.resolve(), "datadir": datadir.resolve()}
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
+    for run in unfinished_runs(workdir / "runs"):
+        print(f"an earlier run stopped before it finished: {run}; finish it with `birdclf export {run}` (or "
+              f"TrainingRun.resume('{run}').finish()) instead of training again")
     return info
+
+
+def unfinished_runs(runs: str | os.PathLike) -> list[Path]:
+    """Run folders with saved weights but no export (a disconnect or an error after training)."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        return []
+    return sorted(run for run in runs.iterdir() if (run / "config.json").is_file()
+                  and not (run / "export.pkl").is_file() and any((run / "models").glob("*.pth")))
 
 
 def smoke_data(workdir: str | os.PathLike) -> Path:
