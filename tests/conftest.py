@@ -204,3 +204,15 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+
+
+def fake_colab(monkeypatch, **parts: object) -> None:
+    """Make `google.colab` importable with the given parts (drive, userdata), as on Colab."""
+    import types
+
+    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
+    for name, part in parts.items():
+        setattr(colab, name, part)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)

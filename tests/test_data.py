@@ -27,7 +27,7 @@ from birdclf.data.labels import label_map, label_slug, normalize_label
 from birdclf.data.layout import list_images, read_dataset
 from birdclf.data.split import dataset_stats, make_splits, materialize, mini_subset
 from birdclf.errors import DataError
-from tests.conftest import make_image
+from tests.conftest import fake_colab, make_image
 
 
 def test_kaggle_layout_and_labels(bird_dataset):
@@ -282,7 +282,6 @@ def test_a_kaggle_client_that_exits_on_import_is_one_sentence(tmp_path, kaggle_c
 
 
 def _colab_secrets(monkeypatch, secrets: dict):
-    import sys
     import types
 
     class SecretNotFoundError(Exception):
@@ -293,11 +292,7 @@ def _colab_secrets(monkeypatch, secrets: dict):
             raise SecretNotFoundError(name)
         return secrets[name]
 
-    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
-    colab.userdata = types.SimpleNamespace(get=get)
-    google.colab = colab
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    fake_colab(monkeypatch, userdata=types.SimpleNamespace(get=get))
 
 
 def test_on_colab_the_credentials_come_from_its_secrets(tmp_path, kaggle_client, monkeypatch):

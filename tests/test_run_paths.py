@@ -91,11 +91,9 @@ def test_failure_after_training_keeps_the_weights_and_export_finishes(shared_bir
 def _fake_colab(monkeypatch, mount):
     import types
 
-    google, colab = types.ModuleType("google"), types.ModuleType("google.colab")
-    colab.drive = types.SimpleNamespace(mount=mount)
-    google.colab = colab
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    from tests.conftest import fake_colab
+
+    fake_colab(monkeypatch, drive=types.SimpleNamespace(mount=mount))
 
 
 def test_on_colab_drive_is_mounted_by_default_and_a_refusal_is_said(tmp_path, monkeypatch, capsys):
