@@ -62,7 +62,7 @@ def run_demo(model: str | None, host: str, function_port: int, app_port: int) ->
         wait_for_http(f"{api_url}/health", 60, procs[0])
         procs.append(subprocess.Popen([sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser",
                                        f"--port={app_port}", f"--Voila.ip={host}"], env=env, cwd=NOTEBOOK.parent))
-        wait_for_http(f"http://{host}:{app_port}/", 120, procs[1])
+        wait_for_http(f"http://{host}:{app_port}/", 240, procs[1])
         print(f"\n  prediction API: {api_url}/predict   (docs: {api_url}/docs; model: {model_path})"
               f"\n  web app:        http://{host}:{app_port}/\n\n  Ctrl-C stops both.\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
