@@ -41,6 +41,26 @@ def test_valid_batches_equal_serving_preprocessing(shared_bird_dataset):
     assert train_x.shape[-2:] == (64, 64)
 
 
+def test_train_items_are_resized_not_randomly_cropped_by_default(shared_bird_dataset):
+    """Kaggle's photos are tight crops: the item transform is deterministic; only the batch crop is random."""
+    from birdclf.errors import BirdclfError
+    from birdclf.serving.imaging import load_image, resize_center_crop
+    from birdclf.training.loaders import make_dataloaders
+
+    splits = make_splits(read_dataset(shared_bird_dataset))
+    path = splits["train"][0][0]
+    expected = np.asarray(resize_center_crop(load_image(path), 80, 80, "bicubic")).transpose(2, 0, 1)
+    for crop, same in (("resize", True), ("random", False)):
+        dls = make_dataloaders(splits, SMALL, bs=4, presize=80, num_workers=0, item_crop=crop)
+        assert str(dls.train_ds.items[0]) == str(path)
+        dls.train.after_item.split_idx = 0  # as while iterating the train loader
+        items = [np.asarray(dls.train.after_item(dls.train_ds[0])[0]) for _ in range(4)]
+        assert all(item.shape == (3, 80, 80) for item in items)
+        assert all(np.array_equal(item, expected) for item in items) is same, crop
+    with pytest.raises(BirdclfError, match="item_crop"):
+        make_dataloaders(splits, SMALL, num_workers=0, item_crop="zoom")
+
+
 def test_show_batch(shared_bird_dataset, tmp_path):
     import matplotlib
 

@@ -8,7 +8,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..serving.imaging import load_image, resize_center_crop
 
-__all__ = ["BirdImage", "EvalResizeCrop", "LabelLookup", "make_dataloaders", "default_presize"]
+__all__ = ["BirdImage", "EvalResizeCrop", "TrainResizeCrop", "LabelLookup", "make_dataloaders", "default_presize"]
 
 from fastai.vision.all import (
     CategoryBlock,
@@ -46,6 +46,13 @@ class EvalResizeCrop(Transform):
         return type(x)(resize_center_crop(x, self.resize_size, self.input_size, self.interpolation))
 
 
+class TrainResizeCrop(EvalResizeCrop):
+    """Train item transform (presizing): the same resize and centre crop, to the presize (its own class, because
+    fastai's DataBlock keeps one transform per class)."""
+
+    split_idx = 0
+
+
 class LabelLookup:
     """get_y: path -> display label (picklable, so `learn.export` works)."""
 
@@ -61,11 +68,29 @@ def default_presize(input_size: int) -> int:
     return int(round(input_size * 1.3 / 8) * 8)
 
 
+def _train_item_crop(item_crop: str, size: int, min_scale: float, config: ModelConfig) -> Transform:
+    """The train split's item transform: deterministic resize + centre crop, or fastai's RandomResizedCrop.
+
+    Kaggle's photos are 224 px crops tight around the bird, so a random item crop followed by the batch's random
+    crop (`aug_transforms`) can cut the bird out; the batch crop alone is the augmentation by default."""
+    if item_crop == "resize":
+        crop: Transform = TrainResizeCrop(size, size, config.interpolation)
+    elif item_crop == "random":
+        crop = RandomResizedCrop(size, min_scale=min_scale)
+    else:
+        from ..errors import DataError
+
+        raise DataError(f"item_crop must be 'resize' or 'random', got {item_crop!r}")
+    crop.split_idx = 0
+    return crop
+
+
 def make_dataloaders(splits: dict[str, list[tuple[Path, str]]], config: ModelConfig, bs: int = 32,
                      presize: int | None = None, augment: bool = True, num_workers: int | None = None,
-                     device: Any = None, seed: int = 42, min_scale: float = 0.35, batch_min_scale: float = 0.75) -> Any:
-    """DataBlock -> DataLoaders: train items random-cropped to `presize` then augmented and resized on the batch;
-    valid items go through EvalResizeCrop only (the batch resize is then an identity)."""
+                     device: Any = None, seed: int = 42, min_scale: float = 0.35, batch_min_scale: float = 0.75,
+                     item_crop: str = "resize") -> Any:
+    """DataBlock -> DataLoaders: train items resized to `presize` (fastai presizing; `item_crop="random"`: a random
+    crop) then augmented and cropped on the batch; valid items go through EvalResizeCrop only."""
     train, valid = splits["train"], splits.get("valid") or []
     if not train or not valid:
         from ..errors import DataError
@@ -76,8 +101,7 @@ def make_dataloaders(splits: dict[str, list[tuple[Path, str]]], config: ModelCon
     vocab = sorted({label for _, label in train + valid})
     eval_crop = EvalResizeCrop(config.resize_size, config.input_size, config.interpolation)
     if augment:
-        train_crop = RandomResizedCrop(presize or default_presize(config.input_size), min_scale=min_scale)
-        train_crop.split_idx = 0
+        train_crop = _train_item_crop(item_crop, presize or default_presize(config.input_size), min_scale, config)
         item_tfms = [train_crop, eval_crop]
         batch_tfms = [*aug_transforms(size=config.input_size, min_scale=batch_min_scale),
                       Normalize.from_stats(config.mean, config.std)]

@@ -49,7 +49,10 @@ class TrainConfig:
     lr_mult: float = _option(100, "unfrozen body lr = lr / lr_mult (fastai fine_tune)")
     bs: int = _option(32, "batch size")
     input_size: int | None = _option(None, "training crop in pixels (default: the architecture's)")
-    presize: int | None = _option(None, "item random crop size before the batch crop (default: input size x 1.3)")
+    presize: int | None = _option(None, "train item size before the batch crop (default: input size x 1.3)")
+    item_crop: str = _option("resize", "train item transform: 'resize' (shorter side to presize, centre crop: "
+                                       "Kaggle's photos are tight crops already) or 'random' (a random crop "
+                                       "keeping at least --min-scale)", choices=("resize", "random"))
     split: str = _option("given", "'given': the data's train/valid/test folders; 'random': a seeded split",
                          choices=("given", "random"))
     valid_pct: float = _option(0.1, "validation share of a random split")
@@ -65,7 +68,7 @@ class TrainConfig:
     label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy loss")
     freeze_bn: bool = _option(True, "the body's BatchNorm keeps its pretrained statistics while training",
                               aliases={"--train-bn-stats": False})
-    min_scale: float = _option(0.35, "item random crop: smallest fraction of the image kept")
+    min_scale: float = _option(0.35, "item random crop (--item-crop random): smallest fraction of the image kept")
     batch_min_scale: float = _option(0.75, "batch random crop (aug_transforms)")
     patience: int | None = _option(None, "stop when the valid loss has not improved for N epochs (default: never: "
                                          "one-cycle anneals the learning rate in its last epochs, and the best "
@@ -218,7 +221,8 @@ class TrainingRun:
         labels = sorted({label for _, label in self.splits["train"]})
         config = arch_config(self.arch, labels, cfg.input_size)
         self.dls = make_dataloaders(self.splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
-                                    seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale)
+                                    seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale,
+                                    item_crop=cfg.item_crop)
         self.run_dir = _run_dir(cfg, self.arch, resume=_resume)
         self.learn = make_learner(self.dls, self.arch, config, pretrained=cfg.pretrained, path=self.run_dir,
                                   label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
