@@ -49,10 +49,21 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
     raise BirdclfError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def _raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_ctrl_c_and_sigterm() -> None:
+    """Ctrl-C and SIGTERM stop the demo, also when started with SIGINT ignored (a background job of a script)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # children then start with SIGINT at its default too
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
 def run_demo(model: str | None, host: str, function_port: int, app_port: int) -> int:
     """Start both servers, print their URLs, and stop both on Ctrl-C or when either exits."""
     from .webapp import NOTEBOOK
 
+    _stop_on_ctrl_c_and_sigterm()
     model_path = ensure_model(model)
     api_url = f"http://{host}:{function_port}/api"
     env = dict(os.environ, **{ENV_MODEL: str(model_path.resolve()), ENV_API_URL: api_url})
@@ -65,7 +76,6 @@ def run_demo(model: str | None, host: str, function_port: int, app_port: int) ->
         wait_for_http(f"http://{host}:{app_port}/", 240, procs[1])
         print(f"\n  prediction API: {api_url}/predict   (docs: {api_url}/docs; model: {model_path})"
               f"\n  web app:        http://{host}:{app_port}/\n\n  Ctrl-C stops both.\n", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return 1

@@ -465,7 +465,8 @@ def test_demo_starts_both_and_ctrl_c_stops_both(starter_onnx):
     fn_port, app_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "birdclf", "demo", "--model", str(starter_onnx),
                              "--function-port", str(fn_port), "--app-port", str(app_port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as in `cmd &`
     try:
         lines = []
         deadline = time.monotonic() + 300  # under CI's full run, Voila's first start on 2 busy cores is slow
