@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from pathlib import Path
 
 from . import __version__
 from .console import print_json
@@ -29,6 +30,8 @@ def _predict(args: argparse.Namespace) -> int:
     for image in args.images:
         try:
             rows.append((image, predictor.predict(image, top_k=args.top_k)))
+            if args.explain:
+                print(f"heat map: {predictor.explain(image, args.explain)}", file=sys.stderr)
         except BirdclfError as exc:
             failed += 1
             print(f"error: {image}: {exc}", file=sys.stderr)
@@ -36,11 +39,13 @@ def _predict(args: argparse.Namespace) -> int:
         print_json([{"image": image, **p.to_dict()} for image, p in rows])
     elif args.csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["image", "rank", "label", "probability", "bird_probability", "is_bird", "verdict"])
+        writer.writerow(["image", "rank", "label", "probability", "bird_probability", "is_bird", "verdict",
+                         "box_x", "box_y", "box_width", "box_height", "birds"])
         for image, p in rows:
+            box = list(p.box) if p.box else ["", "", "", ""]
             for rank, item in enumerate(p.top_k, 1):
                 writer.writerow([image, rank, item["label"], f"{item['probability']:.6f}",
-                                 p.bird_probability, p.is_bird, p.verdict])
+                                 p.bird_probability, p.is_bird, p.verdict, *box, "" if p.birds is None else p.birds])
     else:
         for image, p in rows:
             print(image)
@@ -50,6 +55,9 @@ def _predict(args: argparse.Namespace) -> int:
                 print("  not sure which species; it could be one of these:")
             for item in p.top_k:
                 print(f"  {item['probability']:7.2%}  {item['label']}")
+            if p.box:
+                more = f" ({p.birds} bird-like places; this is the most bird-like)" if (p.birds or 0) > 1 else ""
+                print(f"  bird at x={p.box[0]} y={p.box[1]}, {p.box[2]}x{p.box[3]} px{more}")
     return 1 if failed else 0
 
 
@@ -91,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    p.add_argument("--explain", metavar="DIR", type=Path,
+                   help="also write DIR/<image>.explain.png: where the model sees a bird, over the photo, and the box")
     p.set_defaults(handler=_predict)
 
     p = sub.add_parser("serve", help="run the prediction API (the app Azure runs) under uvicorn")

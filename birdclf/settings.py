@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     allow_private_urls: Annotated[bool, _text_as(parse_bool)] = False  # let URLs reach loopback/private hosts
     cors_origins: Annotated[tuple[str, ...], NoDecode, _text_as(_origins)] = ()  # comma-separated
     bird_threshold: Optional[Annotated[float, Field(ge=0, le=1)]] = None  # None: the model's own
+    find: Annotated[bool, _text_as(parse_bool)] = True  # find the bird in the photo, then identify it on a crop
     log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                          _text_as(lambda s: s.strip().upper())] = "INFO"
     api_url: Annotated[str, AfterValidator(lambda s: s.rstrip("/"))] = DEFAULT_API_URL  # the web app's API

@@ -23,7 +23,8 @@ from .hardening.memory import STRIP_BYTES
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["ImageSource", "ImageLimits", "load_image", "reduce_factor", "resize_center_crop", "normalize",
+__all__ = ["ORIGINAL_SIZE", "ImageSource", "ImageLimits", "load_image", "reduce_factor", "resize_center_crop",
+           "center_crop_region", "resize_region", "normalize",
            "preprocess"]
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+ORIGINAL_SIZE = "birdclf_original_size"  # load_image's images: the upright size before any reduction
 _MAX_RESIZED_ASPECT = 4  # beyond this long/short ratio only the centre crop's region is resized (bounded memory)
 
 
@@ -116,9 +118,12 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
     Limits are checked before any pixel is decoded. With `min_short_side`, large images are decoded at reduced
     size (JPEG DCT scaling) or box-reduced right after decoding, never below that shorter side; images whose
     shorter side is under 4x `min_short_side` decode exactly as without it. Decoding holds `budget` memory.
+    The photo's upright size before any reduction is in `info[ORIGINAL_SIZE]` (boxes are given in its pixels).
     """
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source) or source)
+        rgb = _to_rgb(ImageOps.exif_transpose(source) or source)
+        rgb.info[ORIGINAL_SIZE] = rgb.size
+        return rgb
     limits = limits or ImageLimits()
     data = _read_bytes(source, limits)
     try:
@@ -126,13 +131,16 @@ def load_image(source: ImageSource, limits: ImageLimits | None = None, min_short
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own pixel limit follows open()
             facts = precheck(data)  # check: parse bombs are refused before Pillow parses anything
             img = _open(data, limits)  # open: headers only, and the pixel limit
+            width, height = img.size
             budget = budget or decode_budget()
             factor, cost = _decode_plan(img, facts, min_short_side, budget)
             with budget.reserve(cost):  # decode, holding its memory until the upright RGB copy exists
                 img.load()
                 rgb, orientation = _to_rgb_at(img, factor), _orientation(img)  # a PNG's eXIf is found by decoding
                 del img  # the full-size decode is freed before the upright copy is made
-                return rgb.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else rgb
+                upright = rgb.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else rgb
+                upright.info[ORIGINAL_SIZE] = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+                return upright
     except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit, refused inside open()
@@ -218,6 +226,24 @@ def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int,
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), _RESAMPLE[interpolation])
     return img.crop((left, top, left + crop_size, top + crop_size))
+
+
+def center_crop_region(size: tuple[int, int], resize_size: int, crop_size: int) -> tuple[float, float, float, float]:
+    """Where `resize_center_crop` takes its square from, in the pixels of an image of `size`: (x, y, w, h)."""
+    width, height = size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize_size * long / short)
+    new_w, new_h = (resize_size, new_long) if width <= height else (new_long, resize_size)
+    sx, sy = width / new_w, height / new_h
+    top, left = int(round((new_h - crop_size) / 2.0)), int(round((new_w - crop_size) / 2.0))
+    return left * sx, top * sy, crop_size * sx, crop_size * sy
+
+
+def resize_region(img: Image.Image, region: tuple[float, float, float, float], size: int,
+                  interpolation: str = "bicubic") -> Image.Image:
+    """The (x, y, w, h) region of an image resized to a `size` square (reading only that region)."""
+    x, y, w, h = region
+    return img.resize((size, size), _RESAMPLE[interpolation], box=(x, y, x + w, y + h))
 
 
 def normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:

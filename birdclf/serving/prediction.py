@@ -203,14 +203,14 @@ class PredictionService:
         top_k = query_k or body_k or DEFAULT_TOP_K
         request.state.images = len(images)
         async with self.admission.hold(request) as admitted:
-            arrays = await anyio.to_thread.run_sync(admitted.in_thread(self._decode), predictor, images,
-                                                    abandon_on_cancel=True)
+            views = await anyio.to_thread.run_sync(admitted.in_thread(self._decode), predictor, images,
+                                                   abandon_on_cancel=True)
             predictions = []  # model calls are short and bounded: waited for in arrival order, MODEL_CALLS at once
-            for start in range(0, len(arrays or ()), SERVE_BATCH):
-                predictions += await anyio.to_thread.run_sync(predictor.predict_arrays,
-                                                              arrays[start:start + SERVE_BATCH], top_k,
+            for start in range(0, len(views or ()), SERVE_BATCH):
+                predictions += await anyio.to_thread.run_sync(predictor.predict_views,
+                                                              views[start:start + SERVE_BATCH], top_k,
                                                               limiter=self.model_limiter)
-            del arrays
+            del views
         return {"model": {"name": predictor.config.model_name, "version": predictor.config.version},
                 "top_k": top_k, "predictions": [{"filename": name, **p.to_dict()}
                                                 for (name, _), p in zip(images, predictions, strict=True)],
@@ -219,10 +219,10 @@ class PredictionService:
     @staticmethod
     def _decode(predictor: Predictor, images: list[tuple[str, Any]]) -> list[Any]:
         """Decode every image (in a worker thread), freeing each request body as soon as it is decoded."""
-        arrays = []
+        views = []
         for index, (name, item) in enumerate(images):
             try:
-                arrays.append(predictor.preprocess(item if isinstance(item, bytes) else item.file.read()))
+                views.append(predictor.prepare(item if isinstance(item, bytes) else item.file.read()))
             except BirdclfError as exc:
                 raise exc if len(images) == 1 and name == "image" else type(exc)(f"{name}: {exc}") from exc
             finally:
@@ -230,7 +230,7 @@ class PredictionService:
                 if not isinstance(item, bytes):
                     item.file.close()
             del item
-        return arrays
+        return views
 
 
 async def _read_body(request: Request, limit: int, what: str) -> bytes:

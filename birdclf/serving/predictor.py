@@ -13,11 +13,21 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..constants import DEFAULT_TOP_K, INPUT_NAME, MAX_TOP_K, METADATA_KEY, OUTPUT_BIRD, OUTPUT_LOGITS
+from ..constants import DEFAULT_TOP_K, INPUT_NAME, MAX_TOP_K, METADATA_KEY, OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP
 from ..errors import BirdclfError, ModelFormatError
 from ..settings import Settings, get_settings
 from .hardening import DecodeBudget
-from .imaging import ImageLimits, ImageSource, preprocess
+from .imaging import (
+    ORIGINAL_SIZE,
+    ImageLimits,
+    ImageSource,
+    center_crop_region,
+    load_image,
+    normalize,
+    resize_center_crop,
+    resize_region,
+)
+from .locate import FindParams, Found, View, crop_around, find_bird, heat_overlay, paint_heat, tiles, to_original
 from .model_source import resolve_model_path
 
 __all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
@@ -75,6 +85,8 @@ class Prediction:
     bird_probability: float | None
     is_bird: bool | None
     verdict: str = "species"
+    box: tuple[int, int, int, int] | None = None  # where the bird is: x, y, width, height in the photo's pixels
+    birds: int | None = None  # bird-like places found in the photo (the answer is for the most bird-like one)
 
     @property
     def label(self) -> str:
@@ -84,7 +96,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"top_k": self.top_k, "bird_probability": self.bird_probability, "is_bird": self.is_bird,
-                "verdict": self.verdict}
+                "verdict": self.verdict, "box": None if self.box is None else list(self.box), "birds": self.birds}
 
 
 class Predictor:
@@ -118,7 +130,9 @@ class Predictor:
         if inputs != [INPUT_NAME] or OUTPUT_LOGITS not in outputs:
             raise ModelFormatError(f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_LOGITS}', "
                                    f"got inputs {inputs}, outputs {outputs}")
-        self._outputs = [OUTPUT_LOGITS] + ([OUTPUT_BIRD] if OUTPUT_BIRD in outputs else [])
+        self._outputs = [OUTPUT_LOGITS] + [o for o in (OUTPUT_BIRD, OUTPUT_MAP) if o in outputs]
+        self.find_params = FindParams.from_config(self.config.extra.get("find"))
+        self.finds = settings.find and OUTPUT_MAP in outputs and OUTPUT_BIRD in outputs  # older models: no box
         self.bird_threshold = (settings.bird_threshold if settings.bird_threshold is not None
                                else self.config.bird_threshold)
         logger.info("model %s version %s loaded from %s: %d classes, %d threads", self.config.model_name,
@@ -139,30 +153,49 @@ class Predictor:
         return {"model_name": self.config.model_name, "version": self.config.version, "arch": self.config.arch,
                 "num_classes": self.config.num_classes, "input_size": self.config.input_size,
                 "bird_signal": self.has_bird_signal, "bird_threshold": self.bird_threshold,
-                "species_threshold": self.config.species_threshold, "temperature": self.config.temperature}
+                "species_threshold": self.config.species_threshold, "temperature": self.config.temperature,
+                "finds_bird": self.finds}
+
+    def prepare(self, image: ImageSource) -> View:
+        """Decode one image (bounded memory) into a View: the photo and its whole-photo model input."""
+        img = load_image(image, self.limits, min_short_side=self.config.resize_size, budget=self.decode_budget)
+        cfg = self.config
+        whole = resize_center_crop(img, cfg.resize_size, cfg.input_size, cfg.interpolation)
+        array = normalize(whole, cfg.mean, cfg.std)
+        region = center_crop_region(img.size, cfg.resize_size, cfg.input_size)
+        return View(img, array, region, tuple(img.info.get(ORIGINAL_SIZE, img.size)))
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
-        """One image to the model's CHW float32 input."""
-        return preprocess(image, self.config, self.limits, self.decode_budget)
+        """One image to the model's CHW float32 input (the whole photo, as the validation transform)."""
+        return self.prepare(image).array
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(calibrated probabilities, bird probabilities or None, bird maps or None) for an NCHW batch."""
+        outputs = self._outputs if self.finds else self._outputs[:2]
+        results = self.session.run(outputs, {INPUT_NAME: batch.astype(np.float32, copy=False)})
+        probs = softmax(results[0].astype(np.float64) / self.config.temperature)
+        bird = results[1].reshape(-1).astype(np.float64) if len(results) > 1 else None
+        return probs, bird, (results[2] if len(results) > 2 else None)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Model call on an NCHW batch: (calibrated probabilities, bird probabilities or None)."""
-        results = self.session.run(self._outputs, {INPUT_NAME: batch.astype(np.float32, copy=False)})
-        probs = softmax(results[0].astype(np.float64) / self.config.temperature)
-        bird = results[1].reshape(-1).astype(np.float64) if len(results) > 1 else None
+        probs, bird, _ = self._forward(batch)
         return probs, bird
 
-    def _decode(self, probs: np.ndarray, bird: float | None, top_k: int) -> Prediction:
+    def _decode(self, probs: np.ndarray, bird: float | None, top_k: int, box: tuple[int, int, int, int] | None = None,
+                birds: int | None = None) -> Prediction:
         k = min(top_k, len(self.labels))
         order = np.argsort(-probs, kind="stable")[:k]
         top = [{"label": self.labels[i], "probability": round(float(probs[i]), 6)} for i in order]
         verdict = verdict_of(float(probs[order[0]]), bird, self.bird_threshold, self.config.species_threshold)
         if bird is None:
             return Prediction(top, None, None, verdict)
-        return Prediction(top, round(float(bird), 6), bool(bird >= self.bird_threshold), verdict)
+        is_bird = bool(bird >= self.bird_threshold)
+        count = None if not self.finds else (birds or 1) if is_bird else 0
+        return Prediction(top, round(float(bird), 6), is_bird, verdict, box if is_bird else None, count)
 
     def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
-        """Predict already-preprocessed CHW arrays, in batches."""
+        """Predict already-preprocessed CHW arrays, in batches (the whole input only: no find stage, no box)."""
         top_k = _checked_top_k(top_k)
         out: list[Prediction] = []
         for start in range(0, len(arrays), self.batch_size):
@@ -171,19 +204,143 @@ class Predictor:
             out += [self._decode(probs[i], None if bird is None else bird[i], top_k) for i in range(len(batch))]
         return out
 
+    def predict_views(self, views: Sequence[View], top_k: int = DEFAULT_TOP_K) -> list[Prediction]:
+        """Predict decoded photos: the whole photo, then (models with a bird map) a closer look around the bird
+        where the whole photo is not a confident close-up; the better answer of the two, with the bird's box."""
+        top_k = _checked_top_k(top_k)
+        out: list[Prediction] = []
+        for start in range(0, len(views), self.batch_size):
+            chunk = views[start:start + self.batch_size]
+            probs, bird, maps = self._forward(np.stack([v.array for v in chunk]))
+            if maps is None or bird is None:
+                out += [self._decode(probs[i], None if bird is None else bird[i], top_k) for i in range(len(chunk))]
+                continue
+            found = [find_bird(maps[i], v.region, self.find_params) for i, v in enumerate(chunk)]
+            answers = [(probs[i], float(bird[i]), found[i]) for i in range(len(chunk))]
+            closer = [i for i in range(len(chunk)) if self._look_closer(*answers[i])]
+            self._look(chunk, answers, closer)
+            unclear = [i for i in range(len(chunk)) if not self._confident(*answers[i][:2])
+                       and not self._close_up(bird[i], found[i])]  # the search is for birds too small to see
+            if unclear and self.find_params.tile:
+                self._search(chunk, answers, unclear)
+            for view, (p, b, where) in zip(chunk, answers):
+                box = to_original(where.box, view) if where is not None else None
+                out.append(self._decode(p, b, top_k, box, where.birds if where is not None else None))
+        return out
+
+    def _look(self, chunk: Sequence[View], answers: list[tuple[np.ndarray, float, Found | None]],
+              closer: list[int]) -> None:
+        """Closer looks, each cropping around the bird the last one found, while they gain."""
+        for _ in range(int(self.find_params.looks)):
+            if not closer:
+                break
+            closer = self._closer_look(chunk, answers, closer, [a[2].birds if a[2] else 1 for a in answers])
+
+    def _search(self, chunk: Sequence[View], answers: list[tuple[np.ndarray, float, Found | None]],
+                unclear: list[int]) -> None:
+        """Search overlapping tiles of the photos whose bird is still unclear; look closer around the most
+        bird-like tile's bird, and keep that answer where it is better."""
+        grids = [tiles(chunk[i].image.size, self.find_params) for i in unclear]
+        inputs = [self._crop_input(chunk[i], r) for i, grid in zip(unclear, grids) for r in grid]
+        if not inputs:
+            return
+        _, bird, maps = self._forward(np.stack(inputs))
+        start, best = 0, []
+        for i, grid in zip(unclear, grids):
+            scores = bird[start:start + len(grid)]  # type: ignore[index]
+            k = int(np.argmax(scores))
+            found = find_bird(maps[start + k], grid[k], self.find_params)  # type: ignore[index]
+            start += len(grid)
+            if found is not None:
+                best.append((i, found))
+        if not best:
+            return
+        trial = [(answers[i][0], -1.0, found) for i, found in best]  # only a closer look may win
+        local = list(trial)
+        self._look([chunk[i] for i, _ in best], local, list(range(len(best))))
+        for (i, _), close in zip(best, local):
+            if close[1] >= 0 and self._is_better(answers[i], close):  # type: ignore[arg-type]
+                answers[i] = close
+
+    def _closer_look(self, chunk: Sequence[View], answers: list[tuple[np.ndarray, float, Found | None]],
+                     closer: list[int], birds: list[int]) -> list[int]:
+        """One model call on crops around the birds of `answers[closer]`; keep each crop's answer where it is
+        better; return those that may still gain from an even closer look."""
+        regions = [crop_around(answers[i][2], chunk[i].image.size, self.find_params) for i in closer]  # type: ignore[arg-type]
+        probs, bird, maps = self._forward(np.stack([self._crop_input(chunk[i], r) for i, r in zip(closer, regions)]))
+        again = []
+        for j, (i, region) in enumerate(zip(closer, regions)):
+            where = find_bird(maps[j], region, self.find_params)  # type: ignore[index]
+            close = (probs[j], float(bird[j]), where or Found(region, 1.0, 0.0, 1))  # type: ignore[index]
+            if self._is_better(answers[i], close):
+                answers[i] = (close[0], close[1], Found(close[2].box, close[2].fill, close[2].peak, birds[i]))
+                if where is not None and self._look_closer(*close):
+                    again.append(i)
+        return again
+
+    def _look_closer(self, probs: np.ndarray, bird: float, found: Found | None) -> bool:
+        """Whether the whole photo leaves room for a closer look: a bird-like place, and no confident close-up."""
+        if not self.finds or found is None:
+            return False
+        return not (self._confident(probs, bird) and self._close_up(bird, found))
+
+    def _close_up(self, bird: float, found: Found | None) -> bool:
+        """The whole photo sees a bird that fills a good part of it."""
+        return bird >= self.bird_threshold and found is not None and found.fill >= self.find_params.fill
+
+    def _confident(self, probs: np.ndarray, bird: float) -> bool:
+        """A bird, and sure of its species."""
+        return bird >= self.bird_threshold and float(probs.max()) >= self.config.species_threshold
+
+    def _is_better(self, whole: tuple[np.ndarray, float, Found | None], close: tuple[np.ndarray, float, Found]) -> bool:
+        """A closer look wins when it sees a bird and is surer of the species than the wider view, or the wider
+        view saw no bird."""
+        if close[1] < self.bird_threshold:
+            return False
+        if whole[1] < self.bird_threshold:  # a bird the wider view did not see: only when quite sure (false alarms)
+            return close[1] >= self.find_params.zoom_bird and float(close[0].max()) >= self.find_params.zoom_confidence
+        return float(close[0].max()) > float(whole[0].max())
+
+    def _crop_input(self, view: View, region: tuple[float, float, float, float]) -> np.ndarray:
+        """The model's input for one region of a photo (resized straight to the input size: the crop is square)."""
+        cfg = self.config
+        return normalize(resize_region(view.image, region, cfg.input_size, cfg.interpolation), cfg.mean, cfg.std)
+
+    def explain(self, image: ImageSource, folder: str | os.PathLike) -> Path:
+        """Write `folder`/<name>.explain.png: where the model sees a bird (the whole view's and the search tiles'
+        bird maps) over the photo, with the answer's box; return its path."""
+        if not self.finds:
+            raise BirdclfError("this model has no bird map (exported before the find stage, or BIRDCLF_FIND=0): "
+                               "there is no heat map to draw")
+        view = self.prepare(image)
+        regions = [view.region, *tiles(view.image.size, self.find_params)]
+        arrays = [view.array, *(self._crop_input(view, r) for r in regions[1:])]
+        maps = np.concatenate([self._forward(np.stack(arrays[i:i + self.batch_size]))[2]  # type: ignore[misc]
+                               for i in range(0, len(arrays), self.batch_size)])
+        answer = self.predict_views([view])[0]
+        box = None
+        if answer.box is not None:
+            sx, sy = view.image.size[0] / view.original_size[0], view.image.size[1] / view.original_size[1]
+            box = (answer.box[0] * sx, answer.box[1] * sy, answer.box[2] * sx, answer.box[3] * sy)
+        name = Path(image).name if isinstance(image, (str, os.PathLike)) else "image"
+        target = Path(folder) / f"{name}.explain.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        heat_overlay(view.image, paint_heat(view.image.size, regions, maps), box).save(target)
+        return target
+
     def predict_batch(self, images: Iterable[ImageSource], top_k: int = DEFAULT_TOP_K,
                       names: Sequence[str] | None = None) -> list[Prediction]:
         """Predict several images (paths, bytes or PIL images); one bad image raises naming it (`names`, its path,
         or its position)."""
-        arrays = []
+        views = []
         for index, image in enumerate(images):
             try:
-                arrays.append(self.preprocess(image))
+                views.append(self.prepare(image))
             except BirdclfError as exc:
                 name = names[index] if names else image if isinstance(image, (str, os.PathLike)) else f"image {index}"
                 raise type(exc)(f"{name}: {exc}") from exc
-        return self.predict_arrays(arrays, top_k) if arrays else []
+        return self.predict_views(views, top_k) if views else []
 
     def predict(self, image: ImageSource, top_k: int = DEFAULT_TOP_K) -> Prediction:
         """Predict one image."""
-        return self.predict_arrays([self.preprocess(image)], top_k)[0]
+        return self.predict_views([self.prepare(image)], top_k)[0]

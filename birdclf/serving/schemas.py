@@ -27,6 +27,12 @@ class PredictionOut(BaseModel):
     verdict: Literal["species", "unsure", "not_a_bird"] = Field(
         description="species: confidently top_k[0]; unsure: a bird, but top_k are only suggestions; "
                     "not_a_bird: probably no bird in the photo")
+    box: Optional[list[int]] = Field(
+        default=None, min_length=4, max_length=4,
+        description="where the bird is: [x, y, width, height] in the photo's pixels (after EXIF rotation); null "
+                    "when no bird was found or the model has no bird map (models exported before the find stage)")
+    birds: Optional[int] = Field(default=None, ge=0, description="bird-like places found in the photo; the answer "
+                                                                   "is for the most bird-like one")
 
 
 class ModelRef(BaseModel):

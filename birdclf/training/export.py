@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPUT_LOGITS
+from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP
 from ..errors import ExportError
 
 __all__ = ["ExportReport", "QuantizeReport", "export_onnx", "export_learner", "learner_config",
@@ -140,8 +140,8 @@ def export_onnx(model: Any, path: str | os.PathLike, config: ModelConfig, sample
     with torch.inference_mode():
         out = model(torch.from_numpy(sample[:2]))
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    names = [OUTPUT_LOGITS, OUTPUT_BIRD][:n_out]
-    if n_out > 2 or (out[0] if n_out > 1 else out).shape[-1] != config.num_classes:
+    names = [OUTPUT_LOGITS, OUTPUT_BIRD, OUTPUT_MAP][:n_out]
+    if n_out > 3 or (out[0] if n_out > 1 else out).shape[-1] != config.num_classes:
         raise ExportError(f"model outputs do not fit the config's {config.num_classes} labels")
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         tmp_path = Path(tmp) / path.name

@@ -14,12 +14,22 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .imagenet_birds import bird_indices
 
-__all__ = ["BirdGate", "FixedGate", "GatedModel", "SideGatedModel", "imagenet_classifier", "gated_model",
+__all__ = ["bird_map", "BirdGate", "FixedGate", "GatedModel", "SideGatedModel", "imagenet_classifier", "gated_model",
            "attach_gate", "fixed_gate"]
+
+
+def bird_map(classifier: nn.Linear, indices: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """P(bird) at each place of an (N, C, h, w) feature map: the ImageNet classifier applied to every location
+    (a class-activation map through the softmax), the bird classes' mass -> (N, h, w). Its mean over places is not
+    the pooled P(bird), but its peak says where the bird is (the find stage in birdclf.serving.locate)."""
+    weight = classifier.weight.float()[:, :, None, None]
+    logits = F.conv2d(features.float(), weight, classifier.bias.float())
+    return torch.softmax(logits, dim=1).index_select(1, indices).sum(dim=1)
 
 
 class BirdGate(nn.Module):
@@ -36,19 +46,26 @@ class BirdGate(nn.Module):
         probs = torch.softmax(self.classifier(pooled.float()), dim=1)
         return probs.index_select(1, self.indices).sum(dim=1)
 
+    def map(self, features: torch.Tensor) -> torch.Tensor:
+        """P(bird) at each place of the body's (N, C, h, w) features."""
+        return bird_map(self.classifier, self.indices, features)
+
 
 class GatedModel(nn.Module):
-    """A fastai model (TimmBody, head) plus the bird gate: (species logits, P(bird)) from one pass of the body."""
+    """A fastai model (TimmBody, head) plus the bird gate: (species logits, P(bird), bird map) from one pass of the
+    body (no map when the body pools its own features)."""
 
     def __init__(self, model: nn.Module, gate: BirdGate) -> None:
         super().__init__()
         self.body, self.head, self.gate = model[0], model[1], gate
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.body(x)
-        timm_model = self.body.model
-        pooled = timm_model.forward_head(features, pre_logits=True) if self.body.needs_pool else features
-        return self.head(features), self.gate(pooled.flatten(1))
+        if not self.body.needs_pool:
+            return self.head(features), self.gate(features.flatten(1))
+        where = self.gate.map(features)  # before the pooled gate: INT8 keeps the gate's tail (after the last Gemm)
+        pooled = self.body.model.forward_head(features, pre_logits=True)
+        return self.head(features), self.gate(pooled.flatten(1)), where
 
 
 class FixedGate(nn.Module):
@@ -71,6 +88,13 @@ class FixedGate(nn.Module):
         probs = torch.softmax(self.model(x * self.scale + self.shift), dim=1)
         return probs.index_select(1, self.indices).sum(dim=1)
 
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P(bird), bird map): the same P(bird) as forward, and P(bird) at each place of the last features."""
+        features = self.model.forward_features(x * self.scale + self.shift)
+        where = bird_map(self.model.get_classifier(), self.indices, features)
+        probs = torch.softmax(self.model.forward_head(features), dim=1)
+        return probs.index_select(1, self.indices).sum(dim=1), where
+
     def train(self, mode: bool = True) -> FixedGate:
         super().train(mode)
         self.model.eval()  # frozen, always: its BatchNorm keeps the ImageNet statistics
@@ -78,14 +102,14 @@ class FixedGate(nn.Module):
 
 
 class SideGatedModel(nn.Module):
-    """The trained model plus a fixed gate branch on the same input: (species logits, P(bird))."""
+    """The trained model plus a fixed gate branch on the same input: (species logits, P(bird), bird map)."""
 
     def __init__(self, model: nn.Module, gate: FixedGate) -> None:
         super().__init__()
         self.model, self.gate = model, gate
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x), self.gate(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model(x), *self.gate.forward_with_map(x)
 
 
 def fixed_gate(mean: tuple, std: tuple) -> FixedGate:

@@ -24,7 +24,7 @@ from .imagenet_birds import GROUP_LABELS, bird_indices, bird_names
 
 __all__ = ["STARTER_VERSION", "build_starter", "starter_card", "starter_module", "starter_path"]
 
-STARTER_VERSION = "3"  # 2: "Mallard" label, calibrated verdicts, model card; 3: gate figures of bench.gate
+STARTER_VERSION = "4"  # 2: "Mallard" label, calibrated verdicts, model card; 3: gate figures of bench.gate; 4: bird map
 
 
 def starter_path() -> Path:
@@ -35,8 +35,11 @@ def starter_path() -> Path:
 
 
 def starter_module(backbone: Any, indices: list[int]) -> Any:
-    """Wrap a 1000-class ImageNet model: bird logits (softmax = P(species | bird)) and P(bird) over all classes."""
+    """Wrap a 1000-class ImageNet model: bird logits (softmax = P(species | bird)), P(bird) over all classes and the
+    bird map (P(bird) at each place of the last features)."""
     import torch
+
+    from .gate import bird_map
 
     class ImageNetBirdGate(torch.nn.Module):
         """Bird-class logits and the total probability mass of the bird classes."""
@@ -46,11 +49,13 @@ def starter_module(backbone: Any, indices: list[int]) -> Any:
             self.backbone = backbone
             self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.backbone(x)
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            features = self.backbone.forward_features(x)
+            where = bird_map(self.backbone.get_classifier(), self.indices, features)
+            logits = self.backbone.forward_head(features)
             bird_logits = logits.index_select(1, self.indices)
             bird_probability = torch.softmax(logits, dim=1).index_select(1, self.indices).sum(dim=1)
-            return bird_logits, bird_probability
+            return bird_logits, bird_probability, where
 
     return ImageNetBirdGate().eval()
 

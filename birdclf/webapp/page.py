@@ -11,7 +11,7 @@ from urllib.parse import quote_plus
 
 from ..constants import SPECIES_INFO_URL
 from .client import ApiClient, AppError
-from .photos import FORMATS_TEXT, SEND_PIXELS, Photo, PhotoError, prepare_photo
+from .photos import FORMATS_TEXT, SEND_PIXELS, Photo, PhotoError, boxed_thumbnail, prepare_photo
 
 __all__ = ["TITLE", "UPLOAD_LIMIT_MB", "KERNEL_CHECK_S", "species_link", "coverage_text", "render_result",
            "render_error", "render_pending", "page_script", "build_app"]
@@ -98,6 +98,10 @@ def render_result(filename: str, prediction: dict, thumbnail_uri: str = "") -> s
                  + ". If there is one, try a photo where the bird is larger and sharper.")
         guesses = _folded("Best guesses anyway", top)
         css = "bc-not-bird"
+    birds = prediction.get("birds")
+    if verdict != "not_a_bird" and prediction.get("box") and isinstance(birds, int):
+        words += (f" {birds} birds found: this answer is for the one marked on the photo." if birds > 1
+                  else " The bird the model looked at is marked on the photo.")
     head = (f'<div class="bc-file">{html.escape(filename)}</div><div class="bc-headline">{headline}</div>'
             f'<div class="bc-verdict">{words}</div>')  # words: escaped text, or rows built from escaped labels
     return _card(f"bc-result {css}", head, thumbnail_uri, filename, guesses)
@@ -262,7 +266,8 @@ class _Page:
                 if isinstance(answer, AppError):
                     self.answers[index] = (render_error(str(answer), photo.thumbnail_uri, photo.name), answer)
                 else:
-                    self.answers[index] = (render_result(photo.name, answer, photo.thumbnail_uri), None)
+                    self.answers[index] = (render_result(photo.name, answer, boxed_thumbnail(photo, answer.get("box"))),
+                                           None)
             failed = [a for _, a in self.answers.values() if a is not None]
             self.say(*_summary(len(self.photos), failed, len(self.unreadable)))
         except Exception:  # never a traceback on the page

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..formats import FORMATS_IN_WORDS, PILLOW_FORMATS
 
-__all__ = ["FORMATS_TEXT", "SEND_PIXELS", "PhotoError", "Photo", "prepare_photo", "is_heic"]
+__all__ = ["FORMATS_TEXT", "SEND_PIXELS", "PhotoError", "Photo", "prepare_photo", "boxed_thumbnail", "is_heic"]
 
 FORMATS_TEXT = FORMATS_IN_WORDS  # "JPEG, PNG, WebP, GIF, BMP or TIFF", from the format table
 SEND_PIXELS = 2_000_000  # what the API receives per photo: plenty for a 224-300 px model input
@@ -33,6 +33,7 @@ class Photo:
     thumbnail_uri: str
     original_bytes: int
     original_size: tuple[int, int]
+    sent_size: tuple[int, int] = (0, 0)  # the JPEG sent to the API: the answer's box is in its pixels
 
 
 def is_heic(data: bytes) -> bool:
@@ -86,4 +87,23 @@ def prepare_photo(name: str, data: bytes) -> Photo:
     thumb = img.copy()
     thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
     uri = "data:image/jpeg;base64," + base64.b64encode(_encode(thumb, 82)).decode()
-    return Photo(name, _encode(img, 90), uri, len(data), (width, height))
+    return Photo(name, _encode(img, 90), uri, len(data), (width, height), img.size)
+
+
+def boxed_thumbnail(photo: Photo, box: object) -> str:
+    """The photo's thumbnail with the answer's box ([x, y, width, height] in the sent photo's pixels) drawn on
+    it; the plain thumbnail when there is no usable box."""
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            and min(photo.sent_size) > 0):
+        return photo.thumbnail_uri
+    from PIL import ImageDraw
+
+    thumb = Image.open(io.BytesIO(base64.b64decode(photo.thumbnail_uri.split(",", 1)[1]))).convert("RGB")
+    sx, sy = thumb.width / photo.sent_size[0], thumb.height / photo.sent_size[1]
+    x, y, w, h = (float(v) for v in box)
+    line = max(3, min(thumb.size) // 90)
+    draw = ImageDraw.Draw(thumb)
+    corners = (x * sx, y * sy, (x + w) * sx, (y + h) * sy)
+    draw.rectangle(corners, outline=(255, 255, 255), width=line + 2)  # a light edge, then the colour: seen on any photo
+    draw.rectangle(corners, outline=(255, 196, 0), width=line)
+    return "data:image/jpeg;base64," + base64.b64encode(_encode(thumb, 82)).decode()
