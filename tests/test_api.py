@@ -264,7 +264,7 @@ def test_unexpected_error_is_json_500_and_logged(birdclf_home, caplog, monkeypat
     app = create_app(small_settings(birdclf_home))
     with TestClient(app, raise_server_exceptions=False) as c:
         predictor = app.state.service.predictor
-        monkeypatch.setattr(predictor, "predict_arrays", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(predictor, "predict_views", lambda *a, **k: 1 / 0)
         with caplog.at_level(logging.INFO):
             r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 500 and r.json() == {"error": "internal error; it has been logged", "status": 500}
@@ -423,8 +423,8 @@ def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, 
     with TestClient(app) as c:
         service = app.state.service
         c.get("/api/health")
-        original = service.predictor.preprocess
-        monkeypatch.setattr(service.predictor, "preprocess", lambda data: (time.sleep(2.5), original(data))[1])
+        original = service.predictor.prepare
+        monkeypatch.setattr(service.predictor, "prepare", lambda data: (time.sleep(2.5), original(data))[1])
         started = time.monotonic()
         r = c.post("/api/predict", content=make_image(), headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 503 and time.monotonic() - started < 2.0
@@ -437,8 +437,9 @@ def test_a_decode_past_the_deadline_keeps_its_place_until_it_ends(birdclf_home, 
 
 
 def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatch, reference):
-    """Big requests run the model SERVE_BATCH images at a time, MODEL_CALLS calls at once (the ORT arena stays
-    small), and answers keep the files' order; every place and byte is given back afterwards."""
+    """Big requests run the model SERVE_BATCH images at a time, MODEL_CALLS calls at once, and each model run
+    (the find stage's closer looks and tiles too) on at most SERVE_BATCH inputs (the ORT arena stays small);
+    answers keep the files' order; every place and byte is given back afterwards."""
     from concurrent.futures import ThreadPoolExecutor
 
     from birdclf.constants import MODEL_CALLS, SERVE_BATCH
@@ -447,22 +448,28 @@ def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatc
     with TestClient(app) as c:
         service = app.state.service
         c.get("/api/health")
-        original = service.predictor.predict_arrays
-        seen = {"now": 0, "most": 0, "largest": 0}
+        original, forward = service.predictor.predict_views, service.predictor._forward
+        seen = {"now": 0, "most": 0, "largest": 0, "rows": 0, "runs": 0}
         lock = threading.Lock()
 
-        def counted(arrays, top_k):
+        def counted(views, top_k):
             with lock:
                 seen["now"] += 1
-                seen["most"], seen["largest"] = max(seen["most"], seen["now"]), max(seen["largest"], len(arrays))
+                seen["most"], seen["largest"] = max(seen["most"], seen["now"]), max(seen["largest"], len(views))
             try:
                 time.sleep(0.2)  # long enough for the calls of concurrent requests to overlap if allowed to
-                return original(arrays, top_k)
+                return original(views, top_k)
             finally:
                 with lock:
                     seen["now"] -= 1
 
-        monkeypatch.setattr(service.predictor, "predict_arrays", counted)
+        def rows(batch):
+            with lock:
+                seen["rows"], seen["runs"] = max(seen["rows"], len(batch)), seen["runs"] + 1
+            return forward(batch)
+
+        monkeypatch.setattr(service.predictor, "predict_views", counted)
+        monkeypatch.setattr(service.predictor, "_forward", rows)
         images = [make_image(seed=s) for s in range(9)]
         files = multipart([(f"b{i}.jpg", im) for i, im in enumerate(images)])
         with ThreadPoolExecutor(4) as pool:
@@ -473,6 +480,7 @@ def test_model_calls_are_bounded_in_batch_and_in_number(birdclf_home, monkeypatc
             for image, result in zip(images, r.json()["predictions"]):
                 assert result["top_k"] == reference.predict(image, top_k=2).top_k
         assert seen["largest"] == SERVE_BATCH and 1 < seen["most"] <= MODEL_CALLS
+        assert seen["rows"] == SERVE_BATCH and seen["runs"] >= 4 * 3, seen
         assert service.admission.free_places == service.admission.capacity and service.body_budget.in_use == 0
 
 

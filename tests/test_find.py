@@ -234,3 +234,30 @@ def test_the_page_draws_the_box_on_the_photo():
     s = marked.width / photo.sent_size[0]
     edge = np.asarray(marked.convert("RGB"))[int(400 * s) + 1, int(650 * s)]  # on the box's top edge
     assert edge[0] > 200 and edge[1] > 150 and edge[2] < 120  # the amber line
+
+
+def test_the_search_runs_the_model_a_batch_at_a_time_and_skips_tiny_photos(patch_onnx):
+    """The tiled search's inputs go to the model `batch_size` at a time (the API's memory bound); a photo too small
+    for its tiles to hold half an input's pixels is not searched at all (nothing to zoom into)."""
+    predictor = Predictor(patch_onnx / "patch.onnx", batch_size=2)
+    forward, rows = predictor._forward, []
+    predictor._forward = lambda batch: (rows.append(len(batch)), forward(batch))[1]
+    small = scene([(RED, (40, 60, 140, 105))])  # 15% of the scene's width: only the search finds it
+    answers = predictor.predict_batch([small, small, scene([])])
+    assert [a.label for a in answers[:2]] == ["RED", "RED"] and answers[2].verdict == "not_a_bird"
+    assert max(rows) == 2 and sum(rows) > 3 * (1 + FindParams().max_tiles) // 2, rows  # searched, in pairs
+    rows.clear()
+    tiny = Image.open(io.BytesIO(small)).resize((256, 192))
+    assert predictor.predict(tiny).verdict == "not_a_bird" and sum(rows) <= 1 + FindParams().looks, rows
+
+
+def test_phone_photos_keep_the_resolution_the_closest_look_needs(patch_onnx):
+    """A 12 MP phone JPEG is decoded large enough for the closest crop (min_crop of its shorter side) to fill the
+    model's input; without the find stage it is still DCT-reduced as before."""
+    buf = io.BytesIO()
+    Image.new("RGB", (4032, 3024), (128, 128, 128)).save(buf, "JPEG")
+    big = buf.getvalue()
+    view = Predictor(patch_onnx / "patch.onnx").prepare(big)
+    assert min(view.image.size) >= 224 / FindParams().min_crop and view.original_size == (4032, 3024)
+    old = Predictor(patch_onnx / "patch.onnx", settings=Settings(find=False)).prepare(big)
+    assert min(old.image.size) < 1024  # without the find stage the photo is reduced as before

@@ -84,7 +84,7 @@ class PredictionService:
             started = time.perf_counter()
             try:
                 path = resolve_model_path(self._model, self.settings, self._beside)
-                self._predictor = Predictor(path, settings=self.settings)
+                self._predictor = Predictor(path, settings=self.settings, batch_size=SERVE_BATCH)
                 self._load_error = None
                 logger.info("serving %s version %s (%d classes) with %d threads; ready in %.2f s",
                             self._predictor.config.model_name, self._predictor.config.version,

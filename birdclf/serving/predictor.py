@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 from collections.abc import Iterable, Sequence
@@ -158,8 +159,11 @@ class Predictor:
 
     def prepare(self, image: ImageSource) -> View:
         """Decode one image (bounded memory) into a View: the photo and its whole-photo model input."""
-        img = load_image(image, self.limits, min_short_side=self.config.resize_size, budget=self.decode_budget)
         cfg = self.config
+        keep = cfg.resize_size  # the find stage's closest crop (min_crop of the shorter side) keeps full resolution
+        if self.finds:
+            keep = max(keep, math.ceil(cfg.input_size / max(self.find_params.min_crop, 0.05)))
+        img = load_image(image, self.limits, min_short_side=keep, budget=self.decode_budget)
         whole = resize_center_crop(img, cfg.resize_size, cfg.input_size, cfg.interpolation)
         array = normalize(whole, cfg.mean, cfg.std)
         region = center_crop_region(img.size, cfg.resize_size, cfg.input_size)
@@ -176,6 +180,12 @@ class Predictor:
         probs = softmax(results[0].astype(np.float64) / self.config.temperature)
         bird = results[1].reshape(-1).astype(np.float64) if len(results) > 1 else None
         return probs, bird, (results[2] if len(results) > 2 else None)
+
+    def _forward_all(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """`_forward` over any number of CHW inputs, `batch_size` at a time (the model's memory stays bounded)."""
+        parts = [self._forward(np.stack(inputs[i:i + self.batch_size])) for i in range(0, len(inputs), self.batch_size)]
+        return tuple(None if part[0] is None else np.concatenate(part)  # type: ignore[return-value]
+                     for part in zip(*parts))
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Model call on an NCHW batch: (calibrated probabilities, bird probabilities or None)."""
@@ -240,13 +250,15 @@ class Predictor:
                 unclear: list[int]) -> None:
         """Search overlapping tiles of the photos whose bird is still unclear; look closer around the most
         bird-like tile's bird, and keep that answer where it is better."""
-        grids = [tiles(chunk[i].image.size, self.find_params) for i in unclear]
+        grids = [tiles(chunk[i].image.size, self.find_params) if self._searchable(chunk[i]) else [] for i in unclear]
         inputs = [self._crop_input(chunk[i], r) for i, grid in zip(unclear, grids) for r in grid]
         if not inputs:
             return
-        _, bird, maps = self._forward(np.stack(inputs))
+        _, bird, maps = self._forward_all(inputs)
         start, best = 0, []
         for i, grid in zip(unclear, grids):
+            if not grid:
+                continue
             scores = bird[start:start + len(grid)]  # type: ignore[index]
             k = int(np.argmax(scores))
             found = find_bird(maps[start + k], grid[k], self.find_params)  # type: ignore[index]
@@ -267,7 +279,7 @@ class Predictor:
         """One model call on crops around the birds of `answers[closer]`; keep each crop's answer where it is
         better; return those that may still gain from an even closer look."""
         regions = [crop_around(answers[i][2], chunk[i].image.size, self.find_params) for i in closer]  # type: ignore[arg-type]
-        probs, bird, maps = self._forward(np.stack([self._crop_input(chunk[i], r) for i, r in zip(closer, regions)]))
+        probs, bird, maps = self._forward_all([self._crop_input(chunk[i], r) for i, r in zip(closer, regions)])
         again = []
         for j, (i, region) in enumerate(zip(closer, regions)):
             where = find_bird(maps[j], region, self.find_params)  # type: ignore[index]
@@ -283,6 +295,11 @@ class Predictor:
         if not self.finds or found is None:
             return False
         return not (self._confident(probs, bird) and self._close_up(bird, found))
+
+    def _searchable(self, view: View) -> bool:
+        """Whether the photo's tiles hold enough pixels to be worth a look (half the model's input side or more):
+        a small photo has nothing to zoom into."""
+        return self.find_params.tile * min(view.original_size) >= self.config.input_size / 2
 
     def _close_up(self, bird: float, found: Found | None) -> bool:
         """The whole photo sees a bird that fills a good part of it."""
@@ -313,10 +330,8 @@ class Predictor:
             raise BirdclfError("this model has no bird map (exported before the find stage, or BIRDCLF_FIND=0): "
                                "there is no heat map to draw")
         view = self.prepare(image)
-        regions = [view.region, *tiles(view.image.size, self.find_params)]
-        arrays = [view.array, *(self._crop_input(view, r) for r in regions[1:])]
-        maps = np.concatenate([self._forward(np.stack(arrays[i:i + self.batch_size]))[2]  # type: ignore[misc]
-                               for i in range(0, len(arrays), self.batch_size)])
+        regions = [view.region, *(tiles(view.image.size, self.find_params) if self._searchable(view) else [])]
+        maps = self._forward_all([view.array, *(self._crop_input(view, r) for r in regions[1:])])[2]
         answer = self.predict_views([view])[0]
         box = None
         if answer.box is not None:
