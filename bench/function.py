@@ -2,6 +2,7 @@
 peak memory under huge images, multipart parse cost, and the size of the packaged Azure Function.
 
 Run: .venv/bin/python -m bench.function [--model M] [--requests 200] [--skip-deploy] [--compare-with CHECKOUT]
+    [--compare-find]
 (the old hand-written server: `git worktree add /tmp/old e9028bd`, then `--compare-with /tmp/old`)
 """
 
@@ -256,13 +257,13 @@ def deploy_size(model: Path) -> list[dict]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def compare(model: Path, images: list[bytes], other: Path, rounds: int, requests: int) -> list[dict]:
-    """Client rows for this checkout's server and for `other` (a checkout of another version, e.g. the old
-    hand-written server: `git worktree add /tmp/old e9028bd`), alternating them `rounds` times; medians."""
+def compare(model: Path, images: list[bytes], variants: dict[str, dict[str, str]], rounds: int,
+            requests: int) -> list[dict]:
+    """Client rows for each server variant ({name: extra environment}, e.g. another checkout on PYTHONPATH or
+    BIRDCLF_FIND=0), alternating them `rounds` times; medians."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for _ in range(rounds):
-        for name, path in (("this", None), ("other", other)):
-            env = {"PYTHONPATH": str(path)} if path else {}
+        for name, env in variants.items():
             port = free_port()
             proc, _ = start_server(model, port, images[0], **env)
             try:
@@ -290,6 +291,8 @@ def main() -> None:
     parser.add_argument("--skip-deploy", action="store_true", help="skip the deploy-size install")
     parser.add_argument("--compare-with", type=Path, metavar="CHECKOUT",
                         help="also run another version's server (a checkout), alternating, 3 rounds")
+    parser.add_argument("--compare-find", action="store_true",
+                        help="also run this server with the find stage on and off (BIRDCLF_FIND=0), alternating")
     args = parser.parse_args()
     from birdclf.training.starter import build_starter
 
@@ -311,7 +314,10 @@ def main() -> None:
         rows += [throughput(url, images, c, max(10, args.requests // c)) for c in (4, 16)]
     finally:
         stop(proc)
-    versus = compare(model, images, args.compare_with.resolve(), 3, args.requests) if args.compare_with else None
+    other = {"this": {}, "other": {"PYTHONPATH": str(args.compare_with.resolve())}} if args.compare_with else None
+    versus = compare(model, images, other, 3, args.requests) if other else None
+    find = compare(model, images, {"find on": {}, "find off": {"BIRDCLF_FIND": "0"}}, 3, args.requests) \
+        if args.compare_find else None
     mem = memory(model, images[0], images)
     parse = multipart_cost()
     size = None if args.skip_deploy else deploy_size(model)
@@ -322,6 +328,9 @@ def main() -> None:
     if versus:
         print(f"this checkout against {args.compare_with}, medians of 3 alternating runs:")
         print_table(versus, ["server", "clients", "req_s", "runs_req_s", "p50_ms", "p95_ms", "errors"])
+    if find:
+        print("find stage on and off (BIRDCLF_FIND=0), medians of 3 alternating runs:")
+        print_table(find, ["server", "clients", "req_s", "runs_req_s", "p50_ms", "p95_ms", "errors"])
     print_table(mem, ["images", "idle_mb", "peak_mb", "after_mb", "seconds", "answered_200"])
     print_table(parse, ["body_mb", "one_file_ms_per_mb", "16kb_parts_ms_per_mb", "parts"])
     if size:
@@ -336,11 +345,15 @@ def main() -> None:
     if versus:
         at16 = {r["server"]: r["req_s"] for r in versus if r["clients"] == 16}
         targets["16 clients >= the other server"] = at16["this"] >= at16["other"]
+    if find:
+        at1 = {r["server"]: r["req_s"] for r in find if r["clients"] == 1}
+        targets["find on >= 60% of find off, 1 client"] = at1["find on"] >= 0.6 * at1["find off"]
     if size:
         targets["deploy <= 150 MB (--build)"] = size[-1]["total_mb"] <= 150
     print("targets:", ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     record = {"machine": machine(), "model": str(model), "cold_start_s": cold_s, "rows": rows, "memory": mem,
-              "multipart": parse, "deploy": size, "versus": versus, "targets": targets}
+              "multipart": parse, "deploy": size, "versus": versus, "versus_find": find,
+              "targets": targets}
     print(f"wrote {write_json('function', record)}")
 
 
