@@ -261,3 +261,11 @@ def test_phone_photos_keep_the_resolution_the_closest_look_needs(patch_onnx):
     assert min(view.image.size) >= 224 / FindParams().min_crop and view.original_size == (4032, 3024)
     old = Predictor(patch_onnx / "patch.onnx", settings=Settings(find=False)).prepare(big)
     assert min(old.image.size) < 1024  # without the find stage the photo is reduced as before
+
+
+def test_a_finer_grid_adds_tiles_and_small_photos_drop_it():
+    coarse = tiles((1024, 768), FindParams(tile=0.5))
+    both = tiles((1024, 768), FindParams(tile=0.5, tile_fine=0.33))
+    assert len(both) > len(coarse) and both[:len(coarse)] == coarse
+    assert tiles((1024, 768), FindParams(tile=0.5, tile_fine=0.33), min_side=0.4 * 768) == coarse
+    assert tiles((1024, 768), FindParams(tile=0.5), min_side=0.6 * 768) == []

@@ -28,6 +28,8 @@ FIND_DEFAULTS: dict[str, float] = {
     "margin": 1.0,  # the crop's side, as a multiple of the bird box's longer side (the map's box has margin)
     "looks": 2,  # closer looks at most: each crops around the bird the previous look found
     "tile": 0.33,  # the search's tiles: squares of this share of the photo's shorter side, overlapping
+    "tile_fine": 0.0,  # a second, finer grid of tiles of this share searched with the first (0: none)
+    "search_top": 2,  # the most bird-like tiles looked at closer, per photo (2: bench/README.md, Finding the bird)
     "max_tiles": 24,  # tiles grow past `tile` until at most this many cover the photo (panoramas)
     # a closer look finds a bird the whole photo did not only this surely (P(bird), top-1), against false alarms:
     # chosen on cub50 train photos in scenes and half the non-bird photos (bench/README.md, bench.find)
@@ -47,6 +49,8 @@ class FindParams:
     margin: float = FIND_DEFAULTS["margin"]
     looks: float = FIND_DEFAULTS["looks"]
     tile: float = FIND_DEFAULTS["tile"]
+    tile_fine: float = FIND_DEFAULTS["tile_fine"]
+    search_top: float = FIND_DEFAULTS["search_top"]
     max_tiles: float = FIND_DEFAULTS["max_tiles"]
     zoom_bird: float = FIND_DEFAULTS["zoom_bird"]
     zoom_confidence: float = FIND_DEFAULTS["zoom_confidence"]
@@ -156,20 +160,29 @@ def _starts(length: float, side: float) -> list[float]:
     return [float(v) for v in np.linspace(0.0, length - side, count)]
 
 
-def tiles(size: tuple[int, int], params: FindParams) -> list[Region]:
-    """Overlapping squares covering the whole photo, for the search when the whole view finds no clear bird."""
-    if params.tile <= 0 or params.tile >= 1:
-        return []
-    side = params.tile * min(size)
+def _grid(size: tuple[int, int], share: float, max_tiles: float) -> list[Region]:
+    """Overlapping squares of `share` of the shorter side covering the photo, growing past it until at most
+    `max_tiles` do."""
+    side = share * min(size)
     while True:
         xs, ys = _starts(size[0], side), _starts(size[1], side)
         grid = [(x, y, side, side) for y in ys for x in xs]
-        if len(grid) <= max(1, params.max_tiles):
+        if len(grid) <= max(1, max_tiles):
             return grid
         if side >= min(size):  # a strip: evenly spaced squares, with gaps (bounded time beats full coverage)
-            keep = np.linspace(0, len(grid) - 1, int(max(1, params.max_tiles))).round().astype(int)
+            keep = np.linspace(0, len(grid) - 1, int(max(1, max_tiles))).round().astype(int)
             return [grid[i] for i in keep]
         side = min(side * 1.15, float(min(size)))
+
+
+def tiles(size: tuple[int, int], params: FindParams, min_side: float = 0.0) -> list[Region]:
+    """Overlapping squares covering the whole photo (the `tile` grid, then the `tile_fine` one), for the search
+    when the whole view finds no clear bird; grids whose squares are under `min_side` pixels are left out."""
+    out: list[Region] = []
+    for share in (params.tile, params.tile_fine):
+        if 0 < share < 1 and share * min(size) >= min_side:
+            out += _grid(size, share, params.max_tiles)
+    return out
 
 
 def paint_heat(size: tuple[int, int], regions: Sequence[Region], maps: Sequence[np.ndarray]) -> np.ndarray:

@@ -248,27 +248,24 @@ class Predictor:
 
     def _search(self, chunk: Sequence[View], answers: list[tuple[np.ndarray, float, Found | None]],
                 unclear: list[int]) -> None:
-        """Search overlapping tiles of the photos whose bird is still unclear; look closer around the most
-        bird-like tile's bird, and keep that answer where it is better."""
-        grids = [tiles(chunk[i].image.size, self.find_params) if self._searchable(chunk[i]) else [] for i in unclear]
+        """Search overlapping tiles of the photos whose bird is still unclear; look closer around the birds of
+        the `search_top` most bird-like tiles, and keep the best of those answers where it is better."""
+        grids = [self._tiles(chunk[i]) for i in unclear]
         inputs = [self._crop_input(chunk[i], r) for i, grid in zip(unclear, grids) for r in grid]
         if not inputs:
             return
         _, bird, maps = self._forward_all(inputs)
         start, best = 0, []
         for i, grid in zip(unclear, grids):
-            if not grid:
-                continue
             scores = bird[start:start + len(grid)]  # type: ignore[index]
-            k = int(np.argmax(scores))
-            found = find_bird(maps[start + k], grid[k], self.find_params)  # type: ignore[index]
+            for k in np.argsort(-scores, kind="stable")[:max(1, int(self.find_params.search_top))]:
+                found = find_bird(maps[start + k], grid[k], self.find_params)  # type: ignore[index]
+                if found is not None:
+                    best.append((i, found))
             start += len(grid)
-            if found is not None:
-                best.append((i, found))
         if not best:
             return
-        trial = [(answers[i][0], -1.0, found) for i, found in best]  # only a closer look may win
-        local = list(trial)
+        local = [(answers[i][0], -1.0, found) for i, found in best]  # only a closer look may win
         self._look([chunk[i] for i, _ in best], local, list(range(len(best))))
         for (i, _), close in zip(best, local):
             if close[1] >= 0 and self._is_better(answers[i], close):  # type: ignore[arg-type]
@@ -296,10 +293,11 @@ class Predictor:
             return False
         return not (self._confident(probs, bird) and self._close_up(bird, found))
 
-    def _searchable(self, view: View) -> bool:
-        """Whether the photo's tiles hold enough pixels to be worth a look (half the model's input side or more):
-        a small photo has nothing to zoom into."""
-        return self.find_params.tile * min(view.original_size) >= self.config.input_size / 2
+    def _tiles(self, view: View) -> list[tuple[float, float, float, float]]:
+        """The search's tiles in the view's image: only grids whose tiles hold enough of the original photo's
+        pixels to be worth a look (half the model's input side or more): a small photo has nothing to zoom into."""
+        reduced = min(view.image.size) / max(min(view.original_size), 1)
+        return tiles(view.image.size, self.find_params, min_side=self.config.input_size / 2 * reduced)
 
     def _close_up(self, bird: float, found: Found | None) -> bool:
         """The whole photo sees a bird that fills a good part of it."""
@@ -330,7 +328,7 @@ class Predictor:
             raise BirdclfError("this model has no bird map (exported before the find stage, or BIRDCLF_FIND=0): "
                                "there is no heat map to draw")
         view = self.prepare(image)
-        regions = [view.region, *(tiles(view.image.size, self.find_params) if self._searchable(view) else [])]
+        regions = [view.region, *self._tiles(view)]
         maps = self._forward_all([view.array, *(self._crop_input(view, r) for r in regions[1:])])[2]
         answer = self.predict_views([view])[0]
         box = None
