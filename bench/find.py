@@ -5,15 +5,17 @@ without bird_like, brought to 1024 px wide, by `birdclf.data.scenes`); the non-b
 answered twice by the same model in the same run: the whole photo only (as before the find stage, BIRDCLF_FIND=0)
 and with the find stage. Box hit: the box's centre lies inside the pasted bird photo.
 
-    python -m bench.find --model runs/RUN/model.onnx [--limit 500]   # table + bench/results/find.json
+    python -m bench.find --model runs/RUN/model.onnx [--limit 500] [--params JSON]   # table + bench/results/find.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +83,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "birdclf-bench-scenes")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--params", type=json.loads, default=None, metavar="JSON",
+                        help='find-stage parameters over the defaults, e.g. \'{"tile": 0.5, "search_top": 1}\'')
     args = parser.parse_args()
     sets = build_sets(args.data, args.nonbird, args.cache, args.limit, args.seed)
     rows = []
     for find in (False, True):
         predictor = Predictor(args.model, threads=args.threads, settings=Settings(find=find))
+        if find and args.params:
+            predictor.find_params = replace(predictor.find_params, **args.params)
         for name, items in sets.items():
             rows.append({"set": name, "find": find} | score(predictor, items))
             print(f"{name} find={find}: done", flush=True)
     print_table(rows, ["set", "find", "photos", "top1", "not_a_bird", "species", "species_precision", "is_bird",
                        "box_hit", "ms_per_photo"])
     write_json("find", {"machine": machine(), "model": str(args.model), "limit": args.limit, "seed": args.seed,
-                        "targets": TARGETS, "rows": rows})
+                        "params": args.params, "targets": TARGETS, "rows": rows})
 
 
 if __name__ == "__main__":
