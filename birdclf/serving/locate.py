@@ -72,6 +72,11 @@ class View:
     region: Region  # where `array` was taken from, in `image` pixels
     original_size: tuple[int, int]  # the photo's upright size before any reduction
 
+    @property
+    def reduced(self) -> float:
+        """The image's pixels per pixel of the original photo (1 unless the photo was decoded reduced)."""
+        return min(self.image.size) / max(min(self.original_size), 1)
+
 
 @dataclass(frozen=True)
 class Found:

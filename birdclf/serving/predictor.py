@@ -300,15 +300,12 @@ class Predictor:
         whole: upsampling adds no detail, and there closer looks changed more right answers to wrong than back."""
         if bird < self.bird_threshold or found is None:
             return True
-        side = crop_around(found, view.image.size, self.find_params)[2]
-        reduced = min(view.image.size) / max(min(view.original_size), 1)
-        return side / reduced >= self.config.input_size
+        return crop_around(found, view.image.size, self.find_params)[2] / view.reduced >= self.config.input_size
 
     def _tiles(self, view: View) -> list[tuple[float, float, float, float]]:
         """The search's tiles in the view's image: only grids whose tiles hold enough of the original photo's
         pixels to be worth a look (half the model's input side or more): a small photo has nothing to zoom into."""
-        reduced = min(view.image.size) / max(min(view.original_size), 1)
-        return tiles(view.image.size, self.find_params, min_side=self.config.input_size / 2 * reduced)
+        return tiles(view.image.size, self.find_params, min_side=self.config.input_size / 2 * view.reduced)
 
     def _close_up(self, bird: float, found: Found | None) -> bool:
         """The whole photo sees a bird that fills a good part of it."""
