@@ -14,7 +14,8 @@ __all__ = [
     "DEFAULT_API_TIMEOUT", "DEFAULT_TOP_K", "MAX_TOP_K", "DEFAULT_BIRD_THRESHOLD", "DEFAULT_SPECIES_THRESHOLD",
     "STARTER_BIRD_THRESHOLD", "STARTER_TEMPERATURE", "STARTER_SPECIES_THRESHOLD", "STARTER_CALIBRATION_NOTE",
     "DEFAULT_HOST", "DEFAULT_FUNCTION_PORT", "DEFAULT_APP_PORT", "DEFAULT_API_URL",
-    "METADATA_KEY", "INPUT_NAME", "OUTPUT_LOGITS", "OUTPUT_BIRD", "OUTPUT_MAP", "ONNX_OPSET",
+    "METADATA_KEY", "INPUT_NAME", "INPUT_PRECISE", "OUTPUT_LOGITS", "OUTPUT_BIRD", "OUTPUT_MAP", "ONNX_OPSET",
+    "SECOND_LOOK_MARGIN", "SECOND_LOOK_BELOW_SPECIES", "SECOND_LOOK_BIRD_BAND",
     "STARTER_ARCH", "STARTER_MODEL_NAME", "STARTER_FILENAME", "MODEL_FILENAME",
     "CPU_ARCH", "GPU_ARCH", "IMAGE_EXTENSIONS", "ALLOWED_FORMATS", "SPECIES_INFO_URL",
 ]
@@ -89,6 +90,13 @@ OUTPUT_LOGITS = "logits"
 OUTPUT_BIRD = "bird_probability"
 OUTPUT_MAP = "bird_map"  # (N, h, w) P(bird) at each place of the last features: where the bird is
 ONNX_OPSET = 18
+INPUT_PRECISE = "precise"  # INT8 models with a second look: True runs the fp32 copy inside the same file
+
+# The INT8 model's fp32 second look (birdclf.serving.second_look): an answer INT8's noise could change is computed
+# again in fp32. Chosen on the cub50 head-only model's test photos, checked on the fine-tuned one (bench/README.md).
+SECOND_LOOK_MARGIN = 0.1  # the top two calibrated probabilities closer than this
+SECOND_LOOK_BELOW_SPECIES = 0.05  # the top-1 this little under the species threshold ("unsure" that may be species)
+SECOND_LOOK_BIRD_BAND = 0.02  # P(bird) this close to the bird threshold
 
 STARTER_ARCH = "tf_efficientnet_lite0"
 STARTER_MODEL_NAME = "starter-imagenet-birds-lite0"

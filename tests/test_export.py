@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from birdclf.config import ModelConfig
-from birdclf.constants import INPUT_NAME, METADATA_KEY, OUTPUT_LOGITS
+from birdclf.constants import INPUT_NAME, INPUT_PRECISE, METADATA_KEY, OUTPUT_LOGITS
 from birdclf.errors import ExportError
 from birdclf.serving.predictor import Predictor
-from birdclf.training.export import export_onnx, quantize_int8, read_model_config, verify_parity
+from birdclf.serving.second_look import SecondLook
+from birdclf.training.export import export_onnx, quantize_int8, read_model_config, set_metadata, verify_parity
 
 
 def test_export_is_checked_named_and_dynamic(tiny_onnx, tiny_config):
@@ -65,3 +66,54 @@ def test_int8_quantisation(tmp_path, tiny_onnx):
     assert predictor.config.version.endswith("-int8") and predictor.labels == read_model_config(tiny_onnx).labels
     with pytest.raises(ExportError, match="overwrite"):
         quantize_int8(tiny_onnx, tiny_onnx, calibration)
+
+
+def _with_rule(src, dst, rule: SecondLook):
+    """A copy of an INT8 file whose metadata carries another second-look rule."""
+    dst.write_bytes(src.read_bytes())
+    config = read_model_config(src)
+    set_metadata(dst, ModelConfig.from_dict(config.to_dict() | {"extra": {"second_look": rule.to_dict()}}))
+    return dst
+
+
+def test_int8_file_holds_its_fp32_model_for_a_second_look(tmp_path, tiny_onnx):
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    batch = rng.standard_normal((24, 3, 32, 32)).astype(np.float32)
+    report = quantize_int8(tiny_onnx, tmp_path / "int8.onnx", calibration, batch)
+    plain = quantize_int8(tiny_onnx, tmp_path / "plain.onnx", calibration, batch, second_look=False)
+    model = onnx.load(str(tmp_path / "int8.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == [INPUT_NAME, INPUT_PRECISE]
+    assert [i.name for i in onnx.load(str(tmp_path / "plain.onnx")).graph.input] == [INPUT_NAME]
+    assert report.second_look and 0.0 <= report.rechecked <= 1.0 and report.served_agreement >= report.top1_agreement
+    assert not plain.second_look and plain.size_bytes < report.size_bytes
+
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: batch})[0]
+    int8 = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {INPUT_NAME: batch, INPUT_PRECISE: np.array(True)})[0], fp32)
+    assert np.array_equal(session.run(None, {INPUT_NAME: batch})[0], int8.run(None, {INPUT_NAME: batch})[0])
+
+    served = Predictor(tmp_path / "int8.onnx")
+    assert served.second_look == SecondLook() and served.info()["second_look"] is True
+    assert Predictor(tmp_path / "plain.onnx").second_look is None
+    reference, alone = Predictor(tiny_onnx).run(batch)[0], Predictor(tmp_path / "plain.onnx").run(batch)[0]
+    always = Predictor(_with_rule(tmp_path / "int8.onnx", tmp_path / "always.onnx", SecondLook(2.0, 0.0, 0.0)))
+    never = Predictor(_with_rule(tmp_path / "int8.onnx", tmp_path / "never.onnx", SecondLook(0.0, 0.0, 0.0)))
+    assert np.allclose(always.run(batch)[0], reference, atol=1e-6)  # every row looked at again: fp32's answers
+    assert np.allclose(never.run(batch)[0], alone, atol=1e-6) and not np.allclose(alone, reference, atol=1e-6)
+    assert len(served.predict_arrays(list(batch[:3]))[0].top_k) == 3  # the served path answers
+
+
+def test_second_look_picks_the_answers_int8_noise_could_change():
+    rule = SecondLook(margin=0.1, below_species=0.05, bird_band=0.02)
+    probs = np.array([[0.50, 0.45, 0.05],   # top two 0.05 apart
+                      [0.90, 0.05, 0.05],   # sure, far from every threshold
+                      [0.78, 0.12, 0.10],   # just under the species threshold 0.8: may be species in fp32
+                      [0.70, 0.20, 0.10],   # clearly unsure
+                      [0.95, 0.03, 0.02]])  # sure, but P(bird) at the bird threshold
+    bird = np.array([0.9, 0.9, 0.9, 0.9, 0.51])
+    assert rule.rows(probs, bird, 0.8, 0.5).tolist() == [True, False, True, False, True]
+    assert rule.rows(probs, None, 0.8, 0.5).tolist() == [True, False, True, False, False]
+    assert SecondLook.from_config(None) is None and SecondLook.from_config(rule.to_dict()) == rule

@@ -62,9 +62,11 @@ def test_int8_copy_keeps_the_verdicts(head_only_run, shared_bird_dataset, tmp_pa
                           "--out", str(tmp_path / "int8.onnx"), "--calibration", str(shared_bird_dataset / "train"),
                           "--limit", "16", "--evaluate", "20"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "held-out" in out.stdout and "accuracy on labels" in out.stdout
+    assert "held-out" in out.stdout and "accuracy on labels" in out.stdout and "as served, with the fp32" in out.stdout
     int8 = Predictor(tmp_path / "int8.onnx")
-    assert int8.has_bird_signal and int8.config.card["int8"]["held_out"] is True
+    assert int8.has_bird_signal and int8.config.card["int8"]["held_out"] is True and int8.second_look is not None
+    card = int8.config.card["int8"]
+    assert card["second_look"] is True and card["served_agreement"] >= card["top1_agreement"]
     image = next((shared_bird_dataset / "test" / "RED  CARDINAL").glob("*.jpg"))
     fp32 = Predictor(head_only_run.run_dir / "model.onnx").predict(image)
     assert np.isclose(int8.predict(image).bird_probability, fp32.bird_probability, atol=0.05)

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..constants import DEFAULT_TOP_K, INPUT_NAME, MAX_TOP_K, METADATA_KEY, OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP
+from ..constants import (
+    DEFAULT_TOP_K,
+    INPUT_NAME,
+    INPUT_PRECISE,
+    MAX_TOP_K,
+    METADATA_KEY,
+    OUTPUT_BIRD,
+    OUTPUT_LOGITS,
+    OUTPUT_MAP,
+)
 from ..errors import BirdclfError, ModelFormatError
 from ..settings import Settings, get_settings
 from .hardening import DecodeBudget
@@ -30,6 +39,7 @@ from .imaging import (
 )
 from .locate import FindParams, Found, View, crop_around, find_bird, heat_overlay, paint_heat, tiles, to_original
 from .model_source import resolve_model_path
+from .second_look import SecondLook
 
 __all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
 
@@ -118,6 +128,7 @@ class Predictor:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # an INT8 model's `precise` switch is an overridable initializer: ORT warns
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own, unrelated exception types
@@ -132,6 +143,9 @@ class Predictor:
             raise ModelFormatError(f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_LOGITS}', "
                                    f"got inputs {inputs}, outputs {outputs}")
         self._outputs = [OUTPUT_LOGITS] + [o for o in (OUTPUT_BIRD, OUTPUT_MAP) if o in outputs]
+        switches = {i.name for i in self.session.get_overridable_initializers()}
+        self.second_look = (SecondLook.from_config(self.config.extra.get("second_look"))
+                            if INPUT_PRECISE in switches else None)  # INT8 with its fp32 copy inside
         self.find_params = FindParams.from_config(self.config.extra.get("find"))
         self.finds = settings.find and OUTPUT_MAP in outputs and OUTPUT_BIRD in outputs  # older models: no box
         self.bird_threshold = (settings.bird_threshold if settings.bird_threshold is not None
@@ -155,7 +169,7 @@ class Predictor:
                 "num_classes": self.config.num_classes, "input_size": self.config.input_size,
                 "bird_signal": self.has_bird_signal, "bird_threshold": self.bird_threshold,
                 "species_threshold": self.config.species_threshold, "temperature": self.config.temperature,
-                "finds_bird": self.finds}
+                "finds_bird": self.finds, "second_look": self.second_look is not None}
 
     def prepare(self, image: ImageSource) -> View:
         """Decode one image (bounded memory) into a View: the photo and its whole-photo model input."""
@@ -176,9 +190,21 @@ class Predictor:
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(calibrated probabilities, bird probabilities or None, bird maps or None) for an NCHW batch."""
         outputs = self._outputs if self.finds else self._outputs[:2]
-        results = self.session.run(outputs, {INPUT_NAME: batch.astype(np.float32, copy=False)})
+        batch = batch.astype(np.float32, copy=False)
+        results = self.session.run(outputs, {INPUT_NAME: batch})
         probs = softmax(results[0].astype(np.float64) / self.config.temperature)
         bird = results[1].reshape(-1).astype(np.float64) if len(results) > 1 else None
+        if self.second_look is not None:
+            again = self.second_look.rows(probs, bird, self.config.species_threshold, self.bird_threshold)
+            if again.any():  # INT8 answers its noise could change: the same rows through the fp32 copy
+                logger.debug("second look in fp32 for %d of %d inputs", int(again.sum()), len(batch))
+                precise = self.session.run(outputs, {INPUT_NAME: batch[again], INPUT_PRECISE: np.array(True)})
+                results = [np.array(r) for r in results]
+                for whole, rows in zip(results, precise):
+                    whole[again] = rows
+                probs[again] = softmax(precise[0].astype(np.float64) / self.config.temperature)
+                if bird is not None:
+                    bird[again] = precise[1].reshape(-1)
         return probs, bird, (results[2] if len(results) > 2 else None)
 
     def _forward_all(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -53,6 +53,11 @@ class QuantizeReport:
     int8_accuracy: float | None = None
     is_bird_agreement: float | None = None
     fp32_nodes: int = 0  # nodes kept in fp32 (the stem and first stage, the gate's tail)
+    int8_species_kept: float | None = None  # of fp32's `species` answers, the share plain INT8 gives the same
+    second_look: bool = False  # the file holds the fp32 model too, for answers INT8's noise could change
+    rechecked: float | None = None  # share of the evaluation images the second look computed again in fp32
+    served_agreement: float | None = None  # top-1 agreement with fp32 as served (INT8 plus the second look)
+    species_kept: float | None = None  # of fp32's `species` answers, the share served the same species
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -86,7 +91,9 @@ def read_model_config(path: str | os.PathLike) -> ModelConfig:
 def _session(path: str | os.PathLike) -> Any:
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the second look's `precise` switch is an overridable initializer: ORT warns
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _torch_export(model: Any, example: Any, path: Path, output_names: list[str]) -> str:
@@ -248,13 +255,19 @@ def _quiet_quantizer() -> Any:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray,
-                  evaluation: np.ndarray | None = None, labels: np.ndarray | None = None) -> QuantizeReport:
+                  evaluation: np.ndarray | None = None, labels: np.ndarray | None = None,
+                  second_look: bool = True) -> QuantizeReport:
     """Static INT8 (QDQ, per-channel weights, uint8 activations, MinMax) calibrated on real preprocessed images,
-    with the stem, first stage and gate tail kept in fp32 (`fp32_nodes`). Agreement is measured on `evaluation`
-    (held out from calibration; the calibration images themselves if not given); with `labels` (class indices of
-    the evaluation images) also the accuracy of both models. The report goes into the INT8 model's card."""
+    with the stem, first stage and gate tail kept in fp32 (`fp32_nodes`). With `second_look` the file also holds
+    the fp32 model, which the Predictor runs on the answers INT8's noise could change (`SecondLook`). Agreement
+    is measured on `evaluation` (held out from calibration; the calibration images themselves if not given); with
+    `labels` (class indices of the evaluation images) also the accuracy of both models. The report goes into the
+    INT8 model's card."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from ..serving.second_look import SecondLook
+    from .second_look import served_outputs, species_kept, with_second_look
 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
@@ -283,18 +296,41 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         if len(fp32_out) > 1:
             threshold = config.bird_threshold
             report.is_bird_agreement = float(((fp32_out[1] >= threshold) == (int8_out[1] >= threshold)).mean())
+        thresholds = (config.temperature, config.species_threshold, config.bird_threshold)
+        report.int8_species_kept = species_kept(fp32_out, int8_out, *thresholds)
+        extra = dict(config.extra)
+        if second_look:
+            rule = SecondLook()
+            served, again = served_outputs(fp32_out, int8_out, rule, *thresholds)
+            report.second_look, report.rechecked = True, float(again.mean())
+            report.served_agreement = float((fp32_out[0].argmax(-1) == served[0].argmax(-1)).mean())
+            report.species_kept = species_kept(fp32_out, served, *thresholds)
+            onnx.save(with_second_look(onnx.load(str(src)), onnx.load(str(out))), str(out))
+            _check_precise_branch(out, evaluation[:8], [o[:8] for o in fp32_out])
+            extra["second_look"] = rule.to_dict()
         summary = {k: v for k, v in report.to_dict().items() if k not in ("path", "size_bytes", "fp32_size_bytes")}
-        card = dict(config.card) | {"int8": summary | {"size_mb": round(report.size_bytes / 1e6, 1)}}
+        card = dict(config.card) | {"int8": summary | {"size_mb": round(out.stat().st_size / 1e6, 1)}}
         set_metadata(out, ModelConfig.from_dict(config.to_dict() | {"version": config.version + "-int8",
-                                                                     "card": card}))
+                                                                     "card": card, "extra": extra}))
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(out), dst)
     report.size_bytes = dst.stat().st_size
     return report
 
 
+def _check_precise_branch(path: Path, batch: np.ndarray, expected: list[np.ndarray]) -> None:
+    """The second-look file's `precise` branch must give the fp32 model's outputs, exactly."""
+    from ..constants import INPUT_PRECISE
+
+    session = _session(path)
+    got = session.run([o.name for o in session.get_outputs()], {INPUT_NAME: batch, INPUT_PRECISE: np.array(True)})
+    worst = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+    if worst > 1e-5:
+        raise ExportError(f"the INT8 file's fp32 branch differs from the fp32 model by {worst:.2e}")
+
+
 def quantize_images(src: str | os.PathLike, dst: str | os.PathLike, images: str | os.PathLike | list[Path],
-                    limit: int = 300, evaluate: int = 500, seed: int = 0) -> QuantizeReport:
+                    limit: int = 300, evaluate: int = 500, seed: int = 0, second_look: bool = True) -> QuantizeReport:
     """`quantize_int8` calibrated on `limit` of `images` (a folder, searched recursively, or a list of paths),
     shuffled with `seed` so that every class is seen, and measured on up to `evaluate` others it did not see; when
     their folder names are the model's labels, also the accuracy of both models."""
@@ -315,7 +351,8 @@ def quantize_images(src: str | os.PathLike, dst: str | os.PathLike, images: str 
     targets = [index.get(normalize_label(f.parent.name)) for f in held_out]
     labels = np.array(targets) if held_out and None not in targets else None
     return quantize_int8(src, dst, np.stack([predictor.preprocess(f) for f in files[:limit]]),
-                         np.stack([predictor.preprocess(f) for f in held_out]) if held_out else None, labels)
+                         np.stack([predictor.preprocess(f) for f in held_out]) if held_out else None, labels,
+                         second_look=second_look)
 
 
 def _run_all(path: Path, batch: np.ndarray, chunk: int = 64) -> list[np.ndarray]:

@@ -1,0 +1,42 @@
+"""The INT8 model's fp32 second look: which answers sit so close to changing that INT8's noise could change them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..constants import SECOND_LOOK_BELOW_SPECIES, SECOND_LOOK_BIRD_BAND, SECOND_LOOK_MARGIN
+
+__all__ = ["SecondLook"]
+
+
+@dataclass(frozen=True)
+class SecondLook:
+    """When an INT8 answer is looked at again in fp32 (the rule travels in the model's metadata)."""
+
+    margin: float = SECOND_LOOK_MARGIN  # top-1 and top-2 calibrated probabilities closer than this
+    below_species: float = SECOND_LOOK_BELOW_SPECIES  # top-1 this little under the species threshold
+    bird_band: float = SECOND_LOOK_BIRD_BAND  # P(bird) this close to the bird threshold
+
+    @classmethod
+    def from_config(cls, raw: Any) -> SecondLook | None:
+        """The rule from a model's `extra["second_look"]`; None when the model has none."""
+        if not isinstance(raw, dict):
+            return None
+        return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, float]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def rows(self, probs: np.ndarray, bird: np.ndarray | None, species_threshold: float,
+             bird_threshold: float) -> np.ndarray:
+        """Which rows of a batch (calibrated probabilities, P(bird)) to compute again in fp32."""
+        top = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.pad(probs, ((0, 0), (1, 0)))
+        again = (top[:, 1] - top[:, 0]) < self.margin
+        again |= (top[:, 1] < species_threshold) & (top[:, 1] >= species_threshold - self.below_species)
+        if bird is not None:
+            again |= np.abs(bird - bird_threshold) < self.bird_band
+        return again
