@@ -8,6 +8,10 @@ threshold from out-of-fold calibration (Wilson bound, 97%), and each way of scor
   photos (leave-one-out) is `unsure`.
 - "mahalanobis": the distance to the nearest known class mean under a shared, shrunk covariance (Lee et al. 2018),
   on the same pass rule.
+- "other-bird class" (outlier exposure, Hendrycks et al. 2019): the head gets one more class, trained on photos of
+  species outside cub50 (kaggle525-sample's, names not in cub50); a photo whose top-1 is that class, or whose
+  P(other) is above what `pass` of the known photos (out-of-fold) reach, is held back. Calibrated out-of-fold on
+  the known photos the head does not send to "other".
 
 Everything that sets a threshold sees only the 40 known species; the 10 unknown species' test photos only score.
 
@@ -29,7 +33,14 @@ import numpy as np
 from bench.calibration import features
 from bench.common import SHARED, machine, print_table, write_json
 from birdclf.training.calibration import OOF_BOUND, OOF_TARGET_PRECISION, calibrate, softmax
-from birdclf.training.features import CachedFeatures, HeadFit, head_logits, out_of_fold_logits, train_head
+from birdclf.training.features import (
+    CachedFeatures,
+    HeadFit,
+    extract_features,
+    head_logits,
+    out_of_fold_logits,
+    train_head,
+)
 
 UNKNOWN = 10
 PASS_RATES = (0.95, 0.90, 0.85)  # share of known photos (leave-one-out) an extra score lets through
@@ -65,7 +76,55 @@ def mahalanobis_distance(x: np.ndarray, y: np.ndarray, query: np.ndarray, dims: 
     return np.sqrt(np.einsum("qcd,de,qce->qc", diffs, precision, diffs).min(1))
 
 
-def one_seed(f: dict, seed: int) -> list[dict]:
+def other_birds(cache: Path) -> np.ndarray:
+    """Pooled features (originals, then mirrored copies) of kaggle525-sample photos of species not in cub50."""
+    from birdclf.training.trainer import TrainingRun, recipe
+
+    cub = {d.name.lower().replace("_", " ") for d in (SHARED / "cub50" / "train").iterdir()}
+    folders = [d for d in sorted((SHARED / "kaggle525-sample" / "valid").iterdir())
+               if d.is_dir() and " ".join(d.name.lower().split()) not in cub]
+    paths = [p for d in folders for p in sorted(d.glob("*.jpg"))]
+    with tempfile.TemporaryDirectory() as out:
+        run = TrainingRun(recipe(SHARED / "cub50", gpu=False, epochs=0, fast_head=True, out=out, name="other"))
+        return extract_features(run.learn, paths, flip=True, cache_dir=cache)
+
+
+def with_other_class(f: dict, other: np.ndarray, known: np.ndarray, seed: int) -> list[dict]:
+    """The head with an "other bird" class (index len(known)) trained on `other`; rows per pass rate."""
+    n = len(f["y_pool"])
+    keep = np.isin(f["y_pool"], known)
+    remap = {c: i for i, c in enumerate(known)}
+    y_known = np.array([remap[c] for c in f["y_pool"][keep]])
+    half = len(other) // 2
+    label = len(known)
+    x_orig = np.concatenate([f["x_pool"][:n][keep], other[:half]])
+    x_flip = np.concatenate([f["x_pool"][n:][keep], other[half:]])
+    y = np.concatenate([y_known, np.full(half, label)])
+    cached = CachedFeatures(np.concatenate([x_orig, x_flip]), y, x_orig[:0], y[:0], True, HeadFit(seed=seed),
+                            f["head"])
+    oof_logits, oof_y = out_of_fold_logits(cached)
+    oof_logits = oof_logits[:, : label + 1]
+    mine = (oof_y < label) & (oof_logits.argmax(1) < label)  # an "other" answer is held back, never a species
+    cal = calibrate(oof_logits[mine], oof_y[mine], target_precision=OOF_TARGET_PRECISION, bound=OOF_BOUND,
+                    source="out-of-fold")
+    head = copy.deepcopy(f["head"])
+    train_head(head, cached.x_train, np.concatenate([y, y]), x_orig[:1], y[:1], cached.fit)
+    probs = softmax(head_logits(head, f["x_test"])[:, : label + 1], cal.temperature)
+    known_p_other = softmax(oof_logits[oof_y < label], cal.temperature)[:, label]
+    test_known = np.isin(f["y_test"], known)
+    right = probs.argmax(1) == np.array([remap.get(c, -1) for c in f["y_test"]])
+    answered = (probs.max(1) >= cal.species_threshold) & (probs.argmax(1) < label)
+    rows = []
+    for rate in (1.0,) + PASS_RATES:
+        ok = answered & (probs[:, label] <= np.quantile(known_p_other, rate))
+        rows.append({"method": "other-bird class" + ("" if rate == 1.0 else f", pass {rate:.0%}"), "seed": seed,
+                     "known_coverage": float(ok[test_known].mean()),
+                     "known_precision": float(right[test_known & ok].mean()) if ok[test_known].any() else 1.0,
+                     "unknown_held_back": float(1 - ok[~test_known].mean()), "threshold": cal.species_threshold})
+    return rows
+
+
+def one_seed(f: dict, seed: int, other: np.ndarray | None = None) -> list[dict]:
     """Hold 10 species out, fit the head on the 40, calibrate out-of-fold, score every method on the test photos."""
     rng = np.random.default_rng(seed)
     classes = np.unique(f["y_pool"])
@@ -104,6 +163,8 @@ def one_seed(f: dict, seed: int) -> list[dict]:
                          "known_precision": float(right[test_known & ok].mean()) if ok[test_known].any() else 1.0,
                          "unknown_held_back": float(1 - ok[~test_known].mean()),
                          "threshold": cal.species_threshold})
+    if other is not None:
+        rows += with_other_class(f, other, known, seed)
     return rows
 
 
@@ -131,9 +192,10 @@ def main() -> None:
     args = parser.parse_args()
     t = time.perf_counter()
     f = features(args.data, args.cache)
+    other = other_birds(args.cache) if (SHARED / "kaggle525-sample").is_dir() else None
     rows = []
     for seed in range(args.seeds):
-        rows += one_seed(f, seed)
+        rows += one_seed(f, seed, other)
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     table = summarise(rows)
     print_table(table, ["method", "known_coverage", "known_precision", "unknown_held_back", "met"])
