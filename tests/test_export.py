@@ -10,7 +10,7 @@ import torch
 
 from birdclf.config import ModelConfig
 from birdclf.constants import INPUT_NAME, INPUT_PRECISE, METADATA_KEY, OUTPUT_LOGITS
-from birdclf.errors import ExportError
+from birdclf.errors import ExportError, ModelFormatError
 from birdclf.serving.predictor import Predictor
 from birdclf.serving.second_look import SecondLook
 from birdclf.training.export import export_onnx, quantize_int8, read_model_config, set_metadata, verify_parity
@@ -117,3 +117,5 @@ def test_second_look_picks_the_answers_int8_noise_could_change():
     assert rule.rows(probs, bird, 0.8, 0.5).tolist() == [True, False, True, False, True]
     assert rule.rows(probs, None, 0.8, 0.5).tolist() == [True, False, True, False, False]
     assert SecondLook.from_config(None) is None and SecondLook.from_config(rule.to_dict()) == rule
+    with pytest.raises(ModelFormatError, match="second-look rule"):
+        SecondLook.from_config({"margin": "wide"})

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..constants import SECOND_LOOK_BELOW_SPECIES, SECOND_LOOK_BIRD_BAND, SECOND_LOOK_MARGIN
+from ..errors import ModelFormatError
 
 __all__ = ["SecondLook"]
 
@@ -25,7 +26,10 @@ class SecondLook:
         """The rule from a model's `extra["second_look"]`; None when the model has none."""
         if not isinstance(raw, dict):
             return None
-        return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+        try:
+            return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"the model's second-look rule is not a set of numbers: {raw!r:.200}") from exc
 
     def to_dict(self) -> dict[str, float]:
         """A JSON-ready dict."""
