@@ -78,14 +78,14 @@ def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondL
 def species_kept(reference: list[np.ndarray], other: list[np.ndarray], temperature: float, species_threshold: float,
                  bird_threshold: float) -> float | None:
     """Of the inputs `reference` answers `species`, the share `other` answers `species` with the same label."""
-    from ..serving.predictor import softmax
+    from ..serving.predictor import softmax, verdict_of
 
     def answers(out: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         probs = softmax(out[0].astype(np.float64) / temperature)
-        sure = probs.max(1) >= species_threshold
-        if len(out) > 1:
-            sure &= out[1].reshape(-1) >= bird_threshold
-        return sure, probs.argmax(1)
+        bird = out[1].reshape(-1) if len(out) > 1 else [None] * len(probs)
+        sure = [verdict_of(float(p.max()), None if b is None else float(b), bird_threshold, species_threshold)
+                == "species" for p, b in zip(probs, bird)]
+        return np.array(sure, bool), probs.argmax(1)
 
     (ref_sure, ref_top), (sure, top) = answers(reference), answers(other)
     return float((sure & (top == ref_top))[ref_sure].mean()) if ref_sure.any() else None
