@@ -43,8 +43,9 @@ METHODS = [("point 98% (before)", "valid", "point", 0.98),
            ("oof wilson 97%", "oof", "wilson", 0.97)]
 
 
-def features(data: Path, cache: Path) -> dict:
-    """Pooled lite0 features of cub50's train+valid (with mirrored copies) and test, and a fresh head."""
+def features(data: Path, cache: Path, others: list[Path] | None = None) -> dict:
+    """Pooled lite0 features of cub50's train+valid (with mirrored copies) and test, and a fresh head; with
+    `others`, also those photos' features (originals, then mirrored copies) as "x_others"."""
     with tempfile.TemporaryDirectory() as out:
         run = TrainingRun(recipe(data, gpu=False, epochs=0, fast_head=True, out=out, name="features"))
         vocab = list(run.dls.vocab)
@@ -52,9 +53,10 @@ def features(data: Path, cache: Path) -> dict:
         paths = [p for p, _ in pool]
         x_pool = extract_features(run.learn, paths, flip=True, cache_dir=cache)
         x_test = extract_features(run.learn, [p for p, _ in run.splits["test"]], flip=False, cache_dir=cache)
+        x_others = extract_features(run.learn, others, flip=True, cache_dir=cache) if others else None
         return {"x_pool": x_pool, "y_pool": np.array([vocab.index(label) for _, label in pool]),
                 "x_test": x_test, "y_test": np.array([vocab.index(label) for _, label in run.splits["test"]]),
-                "head": copy.deepcopy(run.learn.model[1][2:])}
+                "head": copy.deepcopy(run.learn.model[1][2:]), "x_others": x_others}
 
 
 def test_stats(test_logits: np.ndarray, y_test: np.ndarray, temperature: float, threshold: float) -> dict:

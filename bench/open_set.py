@@ -36,7 +36,6 @@ from birdclf.training.calibration import OOF_BOUND, OOF_TARGET_PRECISION, calibr
 from birdclf.training.features import (
     CachedFeatures,
     HeadFit,
-    extract_features,
     head_logits,
     out_of_fold_logits,
     train_head,
@@ -76,17 +75,14 @@ def mahalanobis_distance(x: np.ndarray, y: np.ndarray, query: np.ndarray, dims: 
     return np.sqrt(np.einsum("qcd,de,qce->qc", diffs, precision, diffs).min(1))
 
 
-def other_birds(cache: Path) -> np.ndarray:
-    """Pooled features (originals, then mirrored copies) of kaggle525-sample photos of species not in cub50."""
-    from birdclf.training.trainer import TrainingRun, recipe
-
-    cub = {d.name.lower().replace("_", " ") for d in (SHARED / "cub50" / "train").iterdir()}
+def other_birds(data: Path) -> list[Path]:
+    """kaggle525-sample photos of the species whose names are not among `data`'s training species."""
+    if not (SHARED / "kaggle525-sample").is_dir():
+        return []
+    known = {d.name.lower().replace("_", " ") for d in (data / "train").iterdir()}
     folders = [d for d in sorted((SHARED / "kaggle525-sample" / "valid").iterdir())
-               if d.is_dir() and " ".join(d.name.lower().split()) not in cub]
-    paths = [p for d in folders for p in sorted(d.glob("*.jpg"))]
-    with tempfile.TemporaryDirectory() as out:
-        run = TrainingRun(recipe(SHARED / "cub50", gpu=False, epochs=0, fast_head=True, out=out, name="other"))
-        return extract_features(run.learn, paths, flip=True, cache_dir=cache)
+               if d.is_dir() and " ".join(d.name.lower().split()) not in known]
+    return [p for d in folders for p in sorted(d.glob("*.jpg"))]
 
 
 def with_other_class(f: dict, other: np.ndarray, known: np.ndarray, seed: int) -> list[dict]:
@@ -191,11 +187,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "birdclf-bench-features")
     args = parser.parse_args()
     t = time.perf_counter()
-    f = features(args.data, args.cache)
-    other = other_birds(args.cache) if (SHARED / "kaggle525-sample").is_dir() else None
+    f = features(args.data, args.cache, other_birds(args.data))
     rows = []
     for seed in range(args.seeds):
-        rows += one_seed(f, seed, other)
+        rows += one_seed(f, seed, f["x_others"])
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     table = summarise(rows)
     print_table(table, ["method", "known_coverage", "known_precision", "unknown_held_back", "met"])
