@@ -277,3 +277,20 @@ def test_body_batchnorm_stays_in_inference_mode(shared_bird_dataset):
     assert bn.weight.requires_grad  # while the affine weights train
     plain = make_learner(_dls(shared_bird_dataset), "tf_efficientnet_lite0", SMALL, freeze_bn=False)
     assert not any(isinstance(cb, FreezeBodyBatchNorm) for cb in plain.cbs)
+
+
+def test_head_fits_on_fewer_features_than_a_batch():
+    """A data set with fewer train rows than the head's batch size (128): fastai drops a last partial batch, which
+    left the head untrained before; now it is fitted and learns the rows."""
+    import torch
+
+    from birdclf.training.features import HeadFit, head_logits, train_head
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    x = (rng.normal(0, 1, (40, 8)) + 3 * y[:, None]).astype(np.float32)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 2))
+    before = head[0].weight.detach().clone()
+    train_head(head, x, y, x[:4], y[:4], HeadFit(epochs=20, lr=0.05))
+    assert not torch.equal(head[0].weight, before)
+    assert (head_logits(head, x).argmax(1) == y).mean() > 0.75  # chance: 0.5

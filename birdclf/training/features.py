@@ -119,6 +119,8 @@ class CachedFeatures:
 def train_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
                fit: HeadFit) -> dict[str, float]:
     """Fit `head` (in place, on the CPU, then back on its device) on feature arrays with fastai's one-cycle."""
+    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     import torch
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
@@ -128,7 +130,8 @@ def train_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.
     set_seed(fit.seed, reproducible=True)
     train_set = list(zip(torch.from_numpy(x_train), torch.from_numpy(y_train).long()))
     valid_set = list(zip(torch.from_numpy(x_valid), torch.from_numpy(y_valid).long()))
-    dls = DataLoaders.from_dsets(train_set, valid_set, bs=fit.bs, device=torch.device("cpu"), num_workers=0)
+    bs = max(1, min(fit.bs, len(train_set)))  # fastai drops the last partial batch: fewer rows than bs trained none
+    dls = DataLoaders.from_dsets(train_set, valid_set, bs=bs, device=torch.device("cpu"), num_workers=0)
     device = next(head.parameters()).device
     head.cpu()
     loss_func = torch.nn.CrossEntropyLoss(label_smoothing=fit.label_smoothing)
