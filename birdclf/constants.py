@@ -14,8 +14,8 @@ __all__ = [
     "DEFAULT_API_TIMEOUT", "DEFAULT_TOP_K", "MAX_TOP_K", "DEFAULT_BIRD_THRESHOLD", "DEFAULT_SPECIES_THRESHOLD",
     "STARTER_BIRD_THRESHOLD", "STARTER_TEMPERATURE", "STARTER_SPECIES_THRESHOLD", "STARTER_CALIBRATION_NOTE",
     "DEFAULT_HOST", "DEFAULT_FUNCTION_PORT", "DEFAULT_APP_PORT", "DEFAULT_API_URL",
-    "METADATA_KEY", "INPUT_NAME", "INPUT_PRECISE", "OUTPUT_LOGITS", "OUTPUT_BIRD", "OUTPUT_MAP", "ONNX_OPSET",
-    "SECOND_LOOK_MARGIN", "SECOND_LOOK_BELOW_SPECIES", "SECOND_LOOK_BIRD_BAND",
+    "METADATA_KEY", "INPUT_NAME", "INPUT_PRECISE", "OUTPUT_LOGITS", "OUTPUT_BIRD", "OUTPUT_MAP", "OUTPUT_OTHER",
+    "ONNX_OPSET", "OTHER_BIRD_PASS", "SECOND_LOOK_MARGIN", "SECOND_LOOK_BELOW_SPECIES", "SECOND_LOOK_BIRD_BAND",
     "STARTER_ARCH", "STARTER_MODEL_NAME", "STARTER_FILENAME", "MODEL_FILENAME",
     "CPU_ARCH", "GPU_ARCH", "IMAGE_EXTENSIONS", "ALLOWED_FORMATS", "SPECIES_INFO_URL",
 ]
@@ -89,6 +89,7 @@ INPUT_NAME = "input"
 OUTPUT_LOGITS = "logits"
 OUTPUT_BIRD = "bird_probability"
 OUTPUT_MAP = "bird_map"  # (N, h, w) P(bird) at each place of the last features: where the bird is
+OUTPUT_OTHER = "other_bird"  # (N, 1) logit of the "other bird" class (models trained with --other-birds)
 ONNX_OPSET = 18
 INPUT_PRECISE = "precise"  # INT8 models with a second look: True runs the fp32 copy inside the same file
 
@@ -97,6 +98,10 @@ INPUT_PRECISE = "precise"  # INT8 models with a second look: True runs the fp32 
 SECOND_LOOK_MARGIN = 0.1  # the top two calibrated probabilities closer than this
 SECOND_LOOK_BELOW_SPECIES = 0.05  # the top-1 this little under the species threshold ("unsure" that may be species)
 SECOND_LOOK_BIRD_BAND = 0.02  # P(bird) this close to the bird threshold
+
+# Models trained with an "other bird" class (--other-birds): a photo is held back (`unsure`) when that class wins,
+# or when P(other bird) is above what this share of the known species' photos reach out of fold (bench/open_set.py).
+OTHER_BIRD_PASS = 0.80
 
 STARTER_ARCH = "tf_efficientnet_lite0"
 STARTER_MODEL_NAME = "starter-imagenet-birds-lite0"

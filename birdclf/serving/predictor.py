@@ -23,6 +23,7 @@ from ..constants import (
     OUTPUT_BIRD,
     OUTPUT_LOGITS,
     OUTPUT_MAP,
+    OUTPUT_OTHER,
 )
 from ..errors import BirdclfError, ModelFormatError
 from ..settings import Settings, get_settings
@@ -39,6 +40,7 @@ from .imaging import (
 )
 from .locate import FindParams, Found, View, crop_around, find_bird, heat_overlay, paint_heat, tiles, to_original
 from .model_source import resolve_model_path
+from .other_bird import OtherBird
 from .second_look import SecondLook
 
 __all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
@@ -66,11 +68,14 @@ def _checked_top_k(top_k: Any) -> int:
 
 
 def verdict_of(confidence: float, bird_probability: float | None, bird_threshold: float,
-               species_threshold: float) -> str:
+               species_threshold: float, other: float | None = None, other_bird: OtherBird | None = None) -> str:
     """not_a_bird under the bird threshold; else species when the calibrated top-1 probability reaches the
-    species threshold; else unsure."""
+    species threshold (and, for a model with an other-bird class, that class does not hold the photo back); else
+    unsure."""
     if bird_probability is not None and bird_probability < bird_threshold:
         return "not_a_bird"
+    if other is not None and other_bird is not None and other_bird.holds_back(other, confidence):
+        return "unsure"
     return "species" if confidence >= species_threshold else "unsure"
 
 
@@ -142,7 +147,12 @@ class Predictor:
         if inputs != [INPUT_NAME] or OUTPUT_LOGITS not in outputs:
             raise ModelFormatError(f"{self.path}: expected input '{INPUT_NAME}' and output '{OUTPUT_LOGITS}', "
                                    f"got inputs {inputs}, outputs {outputs}")
-        self._outputs = [OUTPUT_LOGITS] + [o for o in (OUTPUT_BIRD, OUTPUT_MAP) if o in outputs]
+        self._outputs = [OUTPUT_LOGITS] + [o for o in (OUTPUT_BIRD, OUTPUT_MAP, OUTPUT_OTHER) if o in outputs]
+        self._n = self.config.num_classes
+        self.other_bird = OtherBird.from_config(self.config.extra.get("other_bird")) \
+            if OUTPUT_OTHER in outputs else None  # trained with an other-bird class: unknown species held back
+        if OUTPUT_OTHER in outputs and self.other_bird is None:
+            raise ModelFormatError(f"{self.path} has an '{OUTPUT_OTHER}' output but no other-bird rule in its config")
         switches = {i.name for i in self.session.get_overridable_initializers()}
         self.second_look = (SecondLook.from_config(self.config.extra.get("second_look"))
                             if INPUT_PRECISE in switches else None)  # INT8 with its fp32 copy inside
@@ -169,7 +179,8 @@ class Predictor:
                 "num_classes": self.config.num_classes, "input_size": self.config.input_size,
                 "bird_signal": self.has_bird_signal, "bird_threshold": self.bird_threshold,
                 "species_threshold": self.config.species_threshold, "temperature": self.config.temperature,
-                "finds_bird": self.finds, "second_look": self.second_look is not None}
+                "finds_bird": self.finds, "second_look": self.second_look is not None,
+                "other_bird": None if self.other_bird is None else self.other_bird.to_dict()}
 
     def prepare(self, image: ImageSource) -> View:
         """Decode one image (bounded memory) into a View: the photo and its whole-photo model input."""
@@ -188,24 +199,34 @@ class Predictor:
         return self.prepare(image).array
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(calibrated probabilities, bird probabilities or None, bird maps or None) for an NCHW batch."""
-        outputs = self._outputs if self.finds else self._outputs[:2]
+        """(calibrated probabilities: one column per species, then P(other bird) for a model with that class; bird
+        probabilities or None; bird maps or None) for an NCHW batch."""
+        names = self._outputs if self.finds else [o for o in self._outputs if o != OUTPUT_MAP]
         batch = batch.astype(np.float32, copy=False)
-        results = self.session.run(outputs, {INPUT_NAME: batch})
-        probs = softmax(results[0].astype(np.float64) / self.config.temperature)
-        bird = results[1].reshape(-1).astype(np.float64) if len(results) > 1 else None
+        results = dict(zip(names, self.session.run(names, {INPUT_NAME: batch})))
+        probs = self._calibrated(results)
+        bird = results[OUTPUT_BIRD].reshape(-1).astype(np.float64) if OUTPUT_BIRD in results else None
         if self.second_look is not None:
-            again = self.second_look.rows(probs, bird, self.config.species_threshold, self.bird_threshold)
+            again = self.second_look.rows(probs[:, :self._n], bird, self.config.species_threshold, self.bird_threshold)
             if again.any():  # INT8 answers its noise could change: the same rows through the fp32 copy
                 logger.debug("second look in fp32 for %d of %d inputs", int(again.sum()), len(batch))
-                precise = self.session.run(outputs, {INPUT_NAME: batch[again], INPUT_PRECISE: np.array(True)})
-                results = [np.array(r) for r in results]
-                for whole, rows in zip(results, precise):
-                    whole[again] = rows
-                probs[again] = softmax(precise[0].astype(np.float64) / self.config.temperature)
+                precise = dict(zip(names, self.session.run(names, {INPUT_NAME: batch[again],
+                                                                   INPUT_PRECISE: np.array(True)})))
+                for name in names:
+                    results[name] = np.array(results[name])
+                    results[name][again] = precise[name]
+                probs[again] = self._calibrated(precise)
                 if bird is not None:
-                    bird[again] = precise[1].reshape(-1)
-        return probs, bird, (results[2] if len(results) > 2 else None)
+                    bird[again] = precise[OUTPUT_BIRD].reshape(-1)
+        return probs, bird, results.get(OUTPUT_MAP)
+
+    def _calibrated(self, results: dict[str, np.ndarray]) -> np.ndarray:
+        """softmax(logits / temperature), over the species and, for a model with one, the other-bird class."""
+        logits = results[OUTPUT_LOGITS].astype(np.float64)
+        if self.other_bird is not None:
+            other = results[OUTPUT_OTHER].reshape(len(logits), 1).astype(np.float64)
+            logits = np.concatenate([logits, other], axis=1)
+        return softmax(logits / self.config.temperature)
 
     def _forward_all(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """`_forward` over any number of CHW inputs, `batch_size` at a time (the model's memory stays bounded)."""
@@ -214,16 +235,19 @@ class Predictor:
                      for part in zip(*parts))
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Model call on an NCHW batch: (calibrated probabilities, bird probabilities or None)."""
+        """Model call on an NCHW batch: (calibrated probabilities, one per label, bird probabilities or None). With
+        an other-bird class, each row sums to 1 - P(other bird)."""
         probs, bird, _ = self._forward(batch)
-        return probs, bird
+        return probs[:, :self._n], bird
 
     def _decode(self, probs: np.ndarray, bird: float | None, top_k: int, box: tuple[int, int, int, int] | None = None,
                 birds: int | None = None) -> Prediction:
         k = min(top_k, len(self.labels))
-        order = np.argsort(-probs, kind="stable")[:k]
-        top = [{"label": self.labels[i], "probability": round(float(probs[i]), 6)} for i in order]
-        verdict = verdict_of(float(probs[order[0]]), bird, self.bird_threshold, self.config.species_threshold)
+        species = probs[:self._n]
+        order = np.argsort(-species, kind="stable")[:k]
+        top = [{"label": self.labels[i], "probability": round(float(species[i]), 6)} for i in order]
+        verdict = verdict_of(float(species[order[0]]), bird, self.bird_threshold, self.config.species_threshold,
+                             *self._other(probs))
         if bird is None:
             return Prediction(top, None, None, verdict)
         is_bird = bool(bird >= self.bird_threshold)
@@ -236,7 +260,7 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(arrays), self.batch_size):
             batch = np.stack(arrays[start:start + self.batch_size])
-            probs, bird = self.run(batch)
+            probs, bird, _ = self._forward(batch)
             out += [self._decode(probs[i], None if bird is None else bird[i], top_k) for i in range(len(batch))]
         return out
 
@@ -318,7 +342,7 @@ class Predictor:
         """Whether the whole photo leaves room for a closer look: a bird-like place, and no confident close-up."""
         if not self.finds or found is None:
             return False
-        return not (self._confident(probs, bird) and self._close_up(bird, found))
+        return not ((self._confident(probs, bird) or self._claimed_by_other(probs)) and self._close_up(bird, found))
 
     def _worth_a_look(self, view: View, bird: float, found: Found | None) -> bool:
         """Whether a closer look at a bird the whole photo already sees has more of the photo's pixels to show: its
@@ -339,16 +363,32 @@ class Predictor:
 
     def _confident(self, probs: np.ndarray, bird: float) -> bool:
         """A bird, and sure of its species."""
-        return bird >= self.bird_threshold and float(probs.max()) >= self.config.species_threshold
+        top = self._top(probs)
+        return bird >= self.bird_threshold and verdict_of(top, bird, self.bird_threshold,
+                                                          self.config.species_threshold,
+                                                          *self._other(probs)) == "species"
+
+    def _top(self, probs: np.ndarray) -> float:
+        """The top species' calibrated probability."""
+        return float(probs[:self._n].max())
+
+    def _claimed_by_other(self, probs: np.ndarray) -> bool:
+        """Whether the other-bird class (a model with one) wins: a close-up of a species the model does not know is
+        answered whole (a crop must not shop for a part that looks like a known one)."""
+        return self.other_bird is not None and float(probs[self._n]) > self._top(probs)
+
+    def _other(self, probs: np.ndarray) -> tuple[float | None, OtherBird | None]:
+        """(P(other bird), the rule) for a model with an other-bird class, else (None, None)."""
+        return (float(probs[self._n]), self.other_bird) if self.other_bird is not None else (None, None)
 
     def _is_better(self, whole: tuple[np.ndarray, float, Found | None], close: tuple[np.ndarray, float, Found]) -> bool:
         """A closer look wins when it sees a bird and is surer of the species than the wider view, or the wider
-        view saw no bird."""
+        view saw no bird. (For a model with an other-bird class, the answer kept still passes that class's rule.)"""
         if close[1] < self.bird_threshold:
             return False
         if whole[1] < self.bird_threshold:  # a bird the wider view did not see: only when quite sure (false alarms)
-            return close[1] >= self.find_params.zoom_bird and float(close[0].max()) >= self.find_params.zoom_confidence
-        return float(close[0].max()) > float(whole[0].max())
+            return close[1] >= self.find_params.zoom_bird and self._top(close[0]) >= self.find_params.zoom_confidence
+        return self._top(close[0]) > self._top(whole[0])
 
     def _crop_input(self, view: View, region: tuple[float, float, float, float]) -> np.ndarray:
         """The model's input for one region of a photo (resized straight to the input size: the crop is square)."""

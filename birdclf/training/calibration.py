@@ -13,8 +13,8 @@ import numpy as np
 from ..constants import STARTER_BIRD_THRESHOLD
 
 __all__ = ["Calibration", "fit_temperature", "species_threshold", "gate_threshold", "calibrate", "risk_coverage",
-           "reliability", "abstention_stats", "softmax", "precision_bound", "TARGET_PRECISION", "TARGET_BIRD_PASS",
-           "BOUND_LEVEL", "OOF_TARGET_PRECISION", "OOF_BOUND", "OOF_FOLDS", "OOF_MAX_PHOTOS"]
+           "reliability", "abstention_stats", "softmax", "precision_bound", "held_back", "TARGET_PRECISION",
+           "TARGET_BIRD_PASS", "BOUND_LEVEL", "OOF_TARGET_PRECISION", "OOF_BOUND", "OOF_FOLDS", "OOF_MAX_PHOTOS"]
 
 TARGET_PRECISION = 0.98  # top-1 accuracy wanted among the answers given as "species"
 TARGET_BIRD_PASS = 0.99  # share of (validation) bird photos the gate must let through
@@ -138,6 +138,8 @@ class Calibration:
     target_precision: float = TARGET_PRECISION
     precision_bound: float = 0.0  # lower bound (Wilson unless chosen by Clopper-Pearson) on the precision of
     # "species" answers at the chosen threshold, at `level` confidence
+    other_threshold: float | None = None  # with an other-bird class: P(other) above which a photo is held back
+    other_pass: float | None = None  # ... chosen so that this share of the known photos stays under it
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -150,8 +152,11 @@ class Calibration:
                    f"{self.level:.0%} confidence ({method} bound)")
         where = ("out-of-fold predictions over train+valid" if self.source == "out-of-fold"
                  else "the validation photos")
+        other = "" if self.other_threshold is None else (
+            f" A photo is held back when the other-bird class wins or its probability is above "
+            f"{self.other_threshold:.3f} (what {_pct(self.other_pass or 0)} of these photos stay under).")
         return (f"Threshold fitted on {self.images} photos ({where}): {_pct(self.coverage)} of them answered "
-                f"`species`, {promise}.")
+                f"`species`, {promise}.{other}")
 
 
 def _pct(x: float) -> str:
@@ -160,16 +165,24 @@ def _pct(x: float) -> str:
 
 def calibrate(logits: np.ndarray, targets: np.ndarray, bird_probability: np.ndarray | None = None,
               target_precision: float = TARGET_PRECISION, bound: str = "point", level: float = BOUND_LEVEL,
-              source: str = "validation") -> Calibration:
+              source: str = "validation", other_pass: float | None = None) -> Calibration:
     """Temperature and species threshold from labelled logits (validation, or out-of-fold), and the gate
     threshold from the validation photos' P(bird). The threshold is the lowest whose answers' precision (its lower
-    `bound` at `level`) reaches `target_precision`."""
+    `bound` at `level`) reaches `target_precision`. With `other_pass`, the logits' last column is an other-bird
+    class: temperature and threshold rest on the photos it does not win (those are held back anyway), and P(other)
+    above what `other_pass` of the photos reach holds a photo back."""
     logits, targets = np.asarray(logits, np.float64), np.asarray(targets)
-    temperature = fit_temperature(logits, targets)
+    n = logits.shape[1] - (other_pass is not None)
+    mine = logits.argmax(1) < n  # an other-bird answer is never a species answer
+    temperature = fit_temperature(logits[mine], targets[mine])
     probs = softmax(logits, temperature)
-    confidence, correct = probs.max(1), probs.argmax(1) == targets
-    threshold = species_threshold(confidence, correct, target_precision, bound, level)
+    confidence, correct = probs[:, :n].max(1), probs[:, :n].argmax(1) == targets
+    threshold = species_threshold(confidence[mine], correct[mine], target_precision, bound, level)
     answered = confidence >= threshold
+    other_threshold = None
+    if other_pass is not None:
+        other_threshold = round(float(np.quantile(probs[:, n], other_pass)), 4) if len(targets) else 1.0
+        answered &= ~held_back(probs[:, n], confidence, other_threshold)
     stated = "clopper-pearson" if bound == "clopper-pearson" else "wilson"
     lower = float(precision_bound(correct[answered].sum(), answered.sum(), stated, level)) if answered.any() else 0.0
     bird_threshold = gate_threshold(bird_probability) if bird_probability is not None else None
@@ -179,20 +192,34 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, bird_probability: np.ndar
         coverage=float(answered.mean()) if len(targets) else 0.0,
         precision=float(correct[answered].mean()) if answered.any() else 1.0,
         bird_pass=float((bird_probability >= bird_threshold).mean()) if bird_probability is not None else None,
-        source=source, bound=bound, level=level, target_precision=target_precision, precision_bound=round(lower, 4))
+        source=source, bound=bound, level=level, target_precision=target_precision, precision_bound=round(lower, 4),
+        other_threshold=other_threshold, other_pass=other_pass)
+
+
+def held_back(other: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Which photos the other-bird rule holds back (the serving rule, `OtherBird.holds_back`, row by row)."""
+    from ..serving.other_bird import OtherBird
+
+    rule = OtherBird(threshold)
+    return np.array([rule.holds_back(float(o), float(c)) for o, c in zip(other, confidence)], bool)
 
 
 def abstention_stats(logits: np.ndarray, targets: np.ndarray, calibration: Any,
                      bird_probability: np.ndarray | None = None) -> dict[str, Any]:
     """How a calibration's verdicts do on labelled bird photos: coverage and precision of "species", the share
-    answered "unsure", and the share the gate lets through."""
+    answered "unsure", and the share the gate lets through. With an other-bird class (the calibration's
+    `other_threshold`), its logit is the logits' last column."""
     cal = calibration.to_dict() if hasattr(calibration, "to_dict") else dict(calibration)
     probs = softmax(np.asarray(logits, np.float64), float(cal["temperature"]))
-    confidence, correct = probs.max(1), probs.argmax(1) == np.asarray(targets)
+    other = cal.get("other_threshold")
+    n = probs.shape[1] - (other is not None)
+    confidence, correct = probs[:, :n].max(1), probs[:, :n].argmax(1) == np.asarray(targets)
     passed = (bird_probability >= cal["bird_threshold"]) if (bird_probability is not None
                                                              and cal.get("bird_threshold") is not None) \
         else np.ones(len(confidence), bool)
     species = passed & (confidence >= float(cal["species_threshold"]))
+    if other is not None:
+        species &= ~held_back(probs[:, n], confidence, float(other))
     n = max(1, len(confidence))
     return {"images": int(len(confidence)), "coverage": round(float(species.sum() / n), 4),
             "precision": round(float(correct[species].mean()), 4) if species.any() else None,

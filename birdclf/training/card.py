@@ -22,6 +22,8 @@ LIMITS = [
     "Thresholds were fitted on the training data's own photos (validation or out-of-fold predictions); a "
     "different population of photos shifts them.",
 ]
+OTHER_BIRD_LIMIT = ("Knows only the species it was trained on: its other-bird class holds most other species back "
+                    "(verdict 'unsure'), not all, and some of its own species' photos too; read top_k as candidates.")
 
 
 _GATE_KINDS = {
@@ -34,15 +36,16 @@ _GATE_KINDS = {
 def build_card(name: str, version: str, arch: str, weights: str, data: str | os.PathLike, split: str,
                classes: int, images: dict[str, int], test: dict[str, Any] | None,
                calibration: dict[str, Any] | None, int8: dict[str, Any] | None = None,
-               gate: str | None = "shared") -> dict[str, Any]:
+               gate: str | None = "shared", other_birds: int | None = None) -> dict[str, Any]:
     """The card as a JSON-ready dict (no local paths: only the data folder's name, and where it was downloaded
-    from when `birdclf data download` fetched it). `gate`: "shared", "fixed" or None, the gate exported."""
+    from when `birdclf data download` fetched it). `gate`: "shared", "fixed" or None, the gate exported.
+    `other_birds`: photos of other species an other-bird class was trained on."""
     from ..data.download import data_origin
 
     card: dict[str, Any] = {
         "model": name, "version": version, "arch": arch, "weights": weights,
         "data": {"source": Path(data).name, "split": split, "classes": classes, "images": images},
-        "intended_use": INTENDED_USE, "limits": LIMITS}
+        "intended_use": INTENDED_USE, "limits": [OTHER_BIRD_LIMIT, *LIMITS[1:]] if other_birds else LIMITS}
     origin = data_origin(data)
     if origin:
         card["data"]["origin"] = {k: origin[k] for k in ("source", "version", "downloaded") if k in origin}
@@ -61,6 +64,9 @@ def build_card(name: str, version: str, arch: str, weights: str, data: str | os.
                 "target_precision": calibration["target_precision"],
                 "precision_bound": calibration["precision_bound"], "bound": calibration["bound"],
                 "level": calibration["level"], "summary": Calibration(**calibration).summary()}
+        if calibration.get("other_threshold") is not None:
+            card["abstention"]["other_bird"] = {"photos": other_birds, "threshold": calibration["other_threshold"],
+                                                "pass_rate": calibration.get("other_pass")}
         if test and test.get("abstention"):
             card["abstention"]["test"] = test["abstention"]
         if test and test.get("reliability"):
@@ -109,6 +115,12 @@ def render_card(card: dict[str, Any]) -> str:
         elif "valid" in ab:
             lines.append(f"- Validation: {_pct(ab['valid']['coverage'])} answered `species`, "
                          f"{_pct(ab['valid']['precision'])} of them right.")
+        if "other_bird" in ab:
+            other = ab["other_bird"]
+            lines.append(f"- Species it was not trained on: an \"other bird\" class learnt from {other['photos']} "
+                         f"photos of other species holds a photo back (`unsure`) when it wins or its probability is "
+                         f"above {other['threshold']}, which {_pct(other['pass_rate'])} of the known species' "
+                         "photos stay under.")
         if "measured" in ab:
             lines.append(f"- Measured: {ab['measured']}")
         if "test" in ab:

@@ -180,11 +180,12 @@ def evaluate_learner(learn: Any, items: Sequence[tuple[Path, str]], out_dir: str
 
     labels = list(learn.dls.vocab)
     targets = label_targets(items, labels)
-    logits, bird = model_outputs(learn, [p for p, _ in items], bs)
-    metrics = evaluate_probs(softmax(logits), targets, labels, [p for p, _ in items], out_dir)
+    logits, bird = model_outputs(learn, [p for p, _ in items], bs)  # an other-bird logit last, if the model has one
+    n = len(labels)
+    metrics = evaluate_probs(softmax(logits[:, :n]), targets, labels, [p for p, _ in items], out_dir)
     if calibration is not None:
         metrics["abstention"] = abstention_stats(logits, targets, calibration, bird)
-        probs = softmax(logits, calibration.temperature)
+        probs = softmax(logits, calibration.temperature)[:, :n]
         metrics["reliability"] = reliability(probs.max(1), probs.argmax(1) == targets)
         if out_dir is not None:
             plot_reliability(metrics["reliability"], Path(out_dir) / "reliability.png",
@@ -208,7 +209,8 @@ def evaluate_onnx(model: str | os.PathLike, items: Sequence[tuple[Path, str]],
 
 
 def model_outputs(learn: Any, paths: Sequence[Any], bs: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-    """Species logits and P(bird) (None without a gate) of images under the validation transform, in eval mode."""
+    """Species logits and P(bird) (None without a gate) of images under the validation transform, in eval mode;
+    with an other-bird class (`learn.other_bird`), its logit is the last column."""
     import torch
 
     from .gate import gated_model
@@ -219,9 +221,12 @@ def model_outputs(learn: Any, paths: Sequence[Any], bs: int = 64) -> tuple[np.nd
     with torch.inference_mode():
         for (xb,) in learn.dls.test_dl(list(paths), bs=bs):
             out = model(xb.to(device))
-            logits.append((out[0] if isinstance(out, tuple) else out).float().cpu().numpy())
+            species = out[0] if isinstance(out, tuple) else out
+            if getattr(learn, "other_bird", None) is not None:
+                species = torch.cat([species, out[-1]], dim=1)
+            logits.append(species.float().cpu().numpy())
             if isinstance(out, tuple):
                 birds.append(out[1].float().cpu().numpy())
-    width = len(learn.dls.vocab)
+    width = len(learn.dls.vocab) + (getattr(learn, "other_bird", None) is not None)
     return (np.concatenate(logits) if logits else np.zeros((0, width)),
             np.concatenate(birds) if birds else None)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP
+from ..constants import INPUT_NAME, METADATA_KEY, ONNX_OPSET, OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP, OUTPUT_OTHER
 from ..errors import ExportError
 
 __all__ = ["ExportReport", "QuantizeReport", "export_onnx", "export_learner", "learner_config",
@@ -147,9 +147,11 @@ def export_onnx(model: Any, path: str | os.PathLike, config: ModelConfig, sample
     with torch.inference_mode():
         out = model(torch.from_numpy(sample[:2]))
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    names = [OUTPUT_LOGITS, OUTPUT_BIRD, OUTPUT_MAP][:n_out]
-    if n_out > 3 or (out[0] if n_out > 1 else out).shape[-1] != config.num_classes:
+    names = list(getattr(model, "output_names", [OUTPUT_LOGITS, OUTPUT_BIRD, OUTPUT_MAP][:n_out]))
+    if len(names) != n_out or (out[0] if n_out > 1 else out).shape[-1] != config.num_classes:
         raise ExportError(f"model outputs do not fit the config's {config.num_classes} labels")
+    if (OUTPUT_OTHER in names) != (config.extra.get("other_bird") is not None):
+        raise ExportError(f"an '{OUTPUT_OTHER}' output and the config's other-bird rule go together")
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         tmp_path = Path(tmp) / path.name
         exporter = _torch_export(model, torch.from_numpy(sample[:2]).clone(), tmp_path, names)
@@ -266,6 +268,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from ..serving.other_bird import OtherBird
     from ..serving.second_look import SecondLook
     from .second_look import served_outputs, species_kept, with_second_look
 
@@ -296,7 +299,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         if len(fp32_out) > 1:
             threshold = config.bird_threshold
             report.is_bird_agreement = float(((fp32_out[1] >= threshold) == (int8_out[1] >= threshold)).mean())
-        thresholds = (config.temperature, config.species_threshold, config.bird_threshold)
+        thresholds = (config.temperature, config.species_threshold, config.bird_threshold,
+                      OtherBird.from_config(config.extra.get("other_bird")))
         report.int8_species_kept = species_kept(fp32_out, int8_out, *thresholds)
         extra = dict(config.extra)
         if second_look:

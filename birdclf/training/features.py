@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .other_birds import split_head, widen_head
+
 __all__ = ["feature_key", "extract_features", "fit_head_on_features", "HeadFit", "CachedFeatures", "train_head",
            "head_logits", "fold_of", "out_of_fold_logits"]
 
@@ -60,10 +62,12 @@ def extract_features(learn: Any, paths: list[Path], flip: bool = False, cache_di
 
 def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int = 128, flip: bool = True,
                          cache_dir: str | os.PathLike | None = None, seed: int = 42, wd: float | None = 0.1,
-                         label_smoothing: float = 0.1) -> dict[str, Any]:
+                         label_smoothing: float = 0.1, other_birds: list[Path] | None = None) -> dict[str, Any]:
     """Train the Learner's own head (after pooling) with fastai's one-cycle on cached features; the head is
     trained in place, so the Learner then predicts, exports and fine-tunes as usual. The features are kept on the
-    Learner (`learn.cached_features`) for out-of-fold calibration."""
+    Learner (`learn.cached_features`) for out-of-fold calibration. With `other_birds` (photos of species outside
+    the data), the head learns one more class from them, "other bird", kept as `learn.other_bird` (see
+    birdclf.training.other_birds)."""
     train_ds, valid_ds = learn.dls.train_ds, learn.dls.valid_ds
     y_train = np.array([int(train_ds.tls[1][i]) for i in range(len(train_ds))])  # labels only, no image decode
     y_valid = np.array([int(valid_ds.tls[1][i]) for i in range(len(valid_ds))])
@@ -72,12 +76,20 @@ def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int
     x_valid = extract_features(learn, valid_paths, flip=False, cache_dir=cache_dir)
     settings = HeadFit(epochs=epochs, lr=lr, bs=bs, wd=wd, label_smoothing=label_smoothing, seed=seed)
     head = learn.model[1][2:]
-    learn.cached_features = CachedFeatures(x_train, y_train, x_valid, y_valid, flip, settings, copy.deepcopy(head))
-    metrics = train_head(head, x_train, np.concatenate([y_train, y_train]) if flip else y_train, x_valid, y_valid,
+    x_other = extract_features(learn, list(other_birds), flip=flip, cache_dir=cache_dir) if other_birds else None
+    fitted = head if x_other is None else widen_head(head, seed)  # shares the head's layers: they are trained in place
+    learn.cached_features = CachedFeatures(x_train, y_train, x_valid, y_valid, flip, settings, copy.deepcopy(fitted),
+                                           x_other=x_other)
+    x_extra, y_extra = learn.cached_features.other_rows()
+    metrics = train_head(fitted, np.concatenate([x_train, x_extra]),
+                         np.concatenate([y_train, y_train, y_extra] if flip else [y_train, y_extra]), x_valid, y_valid,
                          settings)
+    if x_other is not None:
+        learn.other_bird = split_head(head, fitted)
     learn.cached_features.fitted_valid_logits = head_logits(head, x_valid)
+    other = {} if x_other is None else {"other_bird_photos": len(other_birds or ())}
     return {**settings.to_dict(), "train_features": int(len(x_train)), **metrics,
-            "feature_dim": int(x_train.shape[1])}
+            "feature_dim": int(x_train.shape[1]), **other}
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,13 @@ class CachedFeatures:
     fit: HeadFit
     untrained_head: Any  # a copy of the head before fitting: where out-of-fold fits start from
     fitted_valid_logits: np.ndarray | None = None  # the fitted head's valid logits: is the Learner's head still it?
+    x_other: np.ndarray | None = None  # photos of other species (then their mirrored copies if `flip`): one class
+
+    def other_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The other-bird photos' features and labels (the class after the species); none without that class."""
+        if self.x_other is None:
+            return self.x_train[:0], self.y_train[:0]
+        return self.x_other, np.full(len(self.x_other), _out_features(self.untrained_head) - 1)
 
     def describes(self, head: Any) -> bool:
         """Whether `head` is still the head fitted on these features (not trained further since)."""
@@ -169,19 +188,21 @@ def fold_of(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 def out_of_fold_logits(cached: CachedFeatures, folds: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Logits of every train and valid photo from a head fitted without that photo's fold (the same recipe from the
-    same start on the other folds' features, mirrored copies of train photos included): many times the photos a
-    validation split gives to calibrate on. Returns (logits, labels)."""
+    same start on the other folds' features, mirrored copies of train photos and every other-bird photo included):
+    many times the photos a validation split gives to calibrate on. Returns (logits, labels); with an other-bird
+    class its logit is the last column."""
     n_train = len(cached.y_train)
     x = np.concatenate([cached.x_train[:n_train], cached.x_valid])
     y = np.concatenate([cached.y_train, cached.y_valid])
     mirrored = cached.x_train[n_train:] if cached.flip else np.empty((0, x.shape[1]), x.dtype)
+    x_other, y_other = cached.other_rows()
     fold = fold_of(y, folds, cached.fit.seed)
     logits = np.zeros((len(y), _out_features(cached.untrained_head)), np.float32)
     for k in range(folds):
         held, kept = fold == k, fold != k
         kept_mirrored = kept[:len(mirrored)]  # a train photo's mirrored copy stays with it
-        x_fit = np.concatenate([x[kept], mirrored[kept_mirrored]])
-        y_fit = np.concatenate([y[kept], y[:len(mirrored)][kept_mirrored]])
+        x_fit = np.concatenate([x[kept], mirrored[kept_mirrored], x_other])
+        y_fit = np.concatenate([y[kept], y[:len(mirrored)][kept_mirrored], y_other])
         fresh = copy.deepcopy(cached.untrained_head)
         train_head(fresh, x_fit, y_fit, x[held], y[held], cached.fit)
         logits[held] = head_logits(fresh, x[held])

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import OUTPUT_BIRD, OUTPUT_LOGITS, OUTPUT_MAP, OUTPUT_OTHER
 from .imagenet_birds import bird_indices
+from .other_birds import with_other_bird
 
 __all__ = ["bird_map", "BirdGate", "FixedGate", "GatedModel", "SideGatedModel", "imagenet_classifier", "gated_model",
            "attach_gate", "fixed_gate"]
@@ -53,19 +55,25 @@ class BirdGate(nn.Module):
 
 class GatedModel(nn.Module):
     """A fastai model (TimmBody, head) plus the bird gate: (species logits, P(bird), bird map) from one pass of the
-    body (no map when the body pools its own features)."""
+    body (no map when the body pools its own features); with an `other` Linear (an other-bird class, on the head's
+    hidden layer), its logit last."""
 
-    def __init__(self, model: nn.Module, gate: BirdGate) -> None:
+    def __init__(self, model: nn.Module, gate: BirdGate, other: nn.Module | None = None) -> None:
         super().__init__()
-        self.body, self.head, self.gate = model[0], model[1], gate
+        self.body, self.head, self.gate, self.other = model[0], model[1], gate, other
+        names = [OUTPUT_LOGITS, OUTPUT_BIRD] + ([OUTPUT_MAP] if self.body.needs_pool else [])
+        self.output_names = names + ([OUTPUT_OTHER] if other is not None else [])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.body(x)
+        species, other = (self.head(features), None) if self.other is None else \
+            with_other_bird(self.head, self.other, features)
+        extra = () if other is None else (other,)
         if not self.body.needs_pool:
-            return self.head(features), self.gate(features.flatten(1))
+            return species, self.gate(features.flatten(1)), *extra
         where = self.gate.map(features)  # before the pooled gate: INT8 keeps the gate's tail (after the last Gemm)
         pooled = self.body.model.forward_head(features, pre_logits=True)
-        return self.head(features), self.gate(pooled.flatten(1)), where
+        return species, self.gate(pooled.flatten(1)), where, *extra
 
 
 class FixedGate(nn.Module):
@@ -102,14 +110,19 @@ class FixedGate(nn.Module):
 
 
 class SideGatedModel(nn.Module):
-    """The trained model plus a fixed gate branch on the same input: (species logits, P(bird), bird map)."""
+    """The trained model plus a fixed gate branch on the same input: (species logits, P(bird), bird map), and an
+    `other` Linear's other-bird logit last when there is one."""
 
-    def __init__(self, model: nn.Module, gate: FixedGate) -> None:
+    def __init__(self, model: nn.Module, gate: FixedGate, other: nn.Module | None = None) -> None:
         super().__init__()
-        self.model, self.gate = model, gate
+        self.model, self.gate, self.other = model, gate, other
+        self.output_names = [OUTPUT_LOGITS, OUTPUT_BIRD, OUTPUT_MAP] + ([OUTPUT_OTHER] if other is not None else [])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model(x), *self.gate.forward_with_map(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.other is None:
+            return self.model(x), *self.gate.forward_with_map(x)
+        species, other = with_other_bird(self.model[1], self.other, self.model[0](x))
+        return species, *self.gate.forward_with_map(x), other
 
 
 def fixed_gate(mean: tuple, std: tuple) -> FixedGate:
@@ -134,11 +147,16 @@ def imagenet_classifier(backbone: Any) -> nn.Linear | None:
 def gated_model(learn: Any) -> nn.Module:
     """The model to export: with its gate (shared or fixed) when the Learner has one, else logits only; in eval
     mode, and with the gate on the device of the Learner's model (a gate is made on the CPU)."""
-    gate = getattr(learn, "bird_gate", None)
+    gate, other = getattr(learn, "bird_gate", None), getattr(learn, "other_bird", None)
     device = next(learn.model.parameters()).device
+    if gate is None and other is not None:
+        from ..errors import BirdclfError
+
+        raise BirdclfError("an other-bird class is exported beside the bird gate: this model has no gate "
+                           "(no pretrained ImageNet classifier)")
     if isinstance(gate, FixedGate):
-        return SideGatedModel(learn.model, gate).to(device).eval()
-    return GatedModel(learn.model, gate).to(device).eval() if gate is not None else learn.model.eval()
+        return SideGatedModel(learn.model, gate, other).to(device).eval()
+    return GatedModel(learn.model, gate, other).to(device).eval() if gate is not None else learn.model.eval()
 
 
 def attach_gate(learn: Any) -> bool:

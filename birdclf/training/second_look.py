@@ -8,6 +8,7 @@ import numpy as np
 
 from ..constants import INPUT_NAME, INPUT_PRECISE
 from ..errors import ExportError
+from ..serving.other_bird import OtherBird
 from ..serving.second_look import SecondLook
 
 __all__ = ["with_second_look", "served_outputs", "species_kept"]
@@ -63,28 +64,42 @@ def with_second_look(fp32: Any, int8: Any) -> Any:
     return model
 
 
-def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondLook, temperature: float,
-                   species_threshold: float, bird_threshold: float) -> tuple[list[np.ndarray], np.ndarray]:
-    """What the Predictor serves from the INT8 model with its second look, given both models' raw outputs on the
-    same batch: (outputs, which rows were looked at again)."""
+def _calibrated(out: list[np.ndarray], temperature: float, other_bird: OtherBird | None) -> np.ndarray:
+    """The Predictor's probabilities from raw outputs: the species, then P(other bird) for a model with that class
+    (its logit is the last output)."""
     from ..serving.predictor import softmax
 
-    probs = softmax(int8[0].astype(np.float64) / temperature)
+    logits = out[0].astype(np.float64)
+    if other_bird is not None:
+        logits = np.concatenate([logits, out[-1].reshape(len(logits), 1).astype(np.float64)], axis=1)
+    return softmax(logits / temperature)
+
+
+def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondLook, temperature: float,
+                   species_threshold: float, bird_threshold: float,
+                   other_bird: OtherBird | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """What the Predictor serves from the INT8 model with its second look, given both models' raw outputs on the
+    same batch: (outputs, which rows were looked at again)."""
+    probs = _calibrated(int8, temperature, other_bird)[:, :int8[0].shape[1]]
     bird = int8[1].reshape(-1).astype(np.float64) if len(int8) > 1 else None
     again = rule.rows(probs, bird, species_threshold, bird_threshold)
     return [np.where(again.reshape((-1,) + (1,) * (a.ndim - 1)), b, a) for a, b in zip(int8, fp32)], again
 
 
 def species_kept(reference: list[np.ndarray], other: list[np.ndarray], temperature: float, species_threshold: float,
-                 bird_threshold: float) -> float | None:
+                 bird_threshold: float, other_bird: OtherBird | None = None) -> float | None:
     """Of the inputs `reference` answers `species`, the share `other` answers `species` with the same label."""
-    from ..serving.predictor import softmax, verdict_of
+    from ..serving.predictor import verdict_of
 
     def answers(out: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        probs = softmax(out[0].astype(np.float64) / temperature)
+        n = out[0].shape[1]
+        calibrated = _calibrated(out, temperature, other_bird)
+        probs = calibrated[:, :n]
+        held = calibrated[:, n] if other_bird is not None else [None] * len(probs)
         bird = out[1].reshape(-1) if len(out) > 1 else [None] * len(probs)
-        sure = [verdict_of(float(p.max()), None if b is None else float(b), bird_threshold, species_threshold)
-                == "species" for p, b in zip(probs, bird)]
+        sure = [verdict_of(float(p.max()), None if b is None else float(b), bird_threshold, species_threshold,
+                           None if h is None else float(h), other_bird) == "species"
+                for p, b, h in zip(probs, bird, held)]
         return np.array(sure, bool), probs.argmax(1)
 
     (ref_sure, ref_top), (sure, top) = answers(reference), answers(other)

@@ -19,6 +19,7 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "recipe"
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 TRAINED = "trained"  # models/trained.pth: the fitted weights, saved when a run fails after training
+OTHER_BIRD = "other_bird"  # models/other_bird.pth: beside them, the other-bird class's Linear (--other-birds)
 logger = logging.getLogger(__name__)
 
 
@@ -65,6 +66,9 @@ class TrainConfig:
     fast_head: bool = _option(False, "train the head on cached frozen-body features first (the recipe's default "
                                      "on CPU)")
     head_epochs: int = _option(40, "epochs of the head on cached features (--fast-head)")
+    other_birds: str | None = _option(None, "folder of photos of bird species outside the data (any layout): the "
+                                            "head learns an 'other bird' class from them, so that species it was "
+                                            "not trained on are held back as unsure (--fast-head --epochs 0)")
     label_smoothing: float = _option(0.1, "label smoothing of the cross-entropy loss")
     freeze_bn: bool = _option(True, "the body's BatchNorm keeps its pretrained statistics while training",
                               aliases={"--train-bn-stats": False})
@@ -89,7 +93,11 @@ class TrainConfig:
             raise BirdclfError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         # Absolute from the start: fastai joins file names onto learn.path, and a notebook may change directory.
         self.data, self.out = _absolute(self.data), _absolute(self.out)
-        self.feature_cache = _absolute(self.feature_cache)
+        self.feature_cache, self.other_birds = _absolute(self.feature_cache), _absolute(self.other_birds)
+        if self.other_birds and not (self.fast_head and self.epochs == 0):
+            raise BirdclfError("--other-birds trains the other-bird class with the head on cached features: it needs "
+                               "--fast-head --epochs 0 (TrainConfig fast_head=True, epochs=0; a fine-tuned body "
+                               "would leave that class behind)")
 
 
 def _absolute(path: str | os.PathLike | None) -> Any:
@@ -264,6 +272,13 @@ class TrainingRun:
         if labels and labels != list(run.dls.vocab):
             raise BirdclfError(f"{cfg.data} now has other classes than {run_dir} was trained on")
         run.learn.load(weights, with_opt=False)
+        other = run_dir / "models" / f"{OTHER_BIRD}.pth"
+        if other.is_file():  # the other-bird class's row, beside the Learner's own weights
+            import torch
+
+            state = torch.load(other, map_location="cpu", weights_only=True)
+            run.learn.other_bird = torch.nn.Linear(state["weight"].shape[1], 1, bias="bias" in state)
+            run.learn.other_bird.load_state_dict(state)
         run.record = previous | {k: v for k, v in run.record.items() if k not in previous}
         run.record.pop("failed", None)
         logger.info("resumed %s from models/%s.pth", run_dir, weights)
@@ -285,9 +300,15 @@ class TrainingRun:
         from .features import fit_head_on_features
 
         t = time.perf_counter()
+        others = None
+        if self.cfg.other_birds:
+            from .other_birds import other_bird_photos
+
+            others = other_bird_photos(self.cfg.other_birds, list(self.dls.vocab))
         self.record["fast_head"] = fit_head_on_features(self.learn, self.cfg.head_epochs,
                                                         cache_dir=self.cfg.feature_cache, seed=self.cfg.seed,
-                                                        label_smoothing=self.cfg.label_smoothing)
+                                                        label_smoothing=self.cfg.label_smoothing,
+                                                        other_birds=others)
         self.timings["fast_head_s"] = time.perf_counter() - t
         return self.record["fast_head"]
 
@@ -347,6 +368,10 @@ class TrainingRun:
         """Save the fitted weights as models/trained.pth and note the failure in config.json; says how to finish."""
         try:
             self.learn.save(TRAINED, with_opt=False)
+            if getattr(self.learn, "other_bird", None) is not None:
+                import torch
+
+                torch.save(self.learn.other_bird.state_dict(), self.run_dir / "models" / f"{OTHER_BIRD}.pth")
             self.record["failed"] = "after training"
             _write_json(self.run_dir / "config.json", self.record)
         except Exception as exc:  # the disk itself may be what failed
@@ -361,6 +386,7 @@ class TrainingRun:
         calibration: temperature and species threshold on out-of-fold predictions over train+valid when the head
         was fitted on cached features (a Wilson bound on precision), else on the valid split; gate threshold on the
         valid split."""
+        from ..constants import OTHER_BIRD_PASS
         from .calibration import OOF_BOUND, OOF_TARGET_PRECISION, calibrate
         from .evaluate import label_targets, model_outputs
 
@@ -374,19 +400,33 @@ class TrainingRun:
 
             learn.bird_gate = fixed_gate(learn.birdclf_config.mean, learn.birdclf_config.std)
         self.record["gate"] = type(getattr(learn, "bird_gate", None)).__name__
+        self._check_other_bird()
         t = time.perf_counter()
         valid = self.splits["valid"]
         logits, bird = model_outputs(learn, [p for p, _ in valid])
         out_of_fold = self._out_of_fold_logits()
+        other_pass = OTHER_BIRD_PASS if getattr(learn, "other_bird", None) is not None else None
         if out_of_fold is None:
-            calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird)
+            calibration = calibrate(logits, label_targets(valid, list(learn.dls.vocab)), bird, other_pass=other_pass)
         else:
             calibration = calibrate(*out_of_fold, bird, target_precision=OOF_TARGET_PRECISION, bound=OOF_BOUND,
-                                    source="out-of-fold")
+                                    source="out-of-fold", other_pass=other_pass)
         logger.info("calibration: %s", calibration.summary())
         self.record["calibration"] = calibration.to_dict()
         self.timings["calibrate_s"] = time.perf_counter() - t
         return calibration
+
+    def _check_other_bird(self) -> None:
+        """Drop the other-bird class (with a warning, noted in config.json) when the layers it sits on were trained
+        further without it (a notebook fine-tuned after the cached-feature head): it would answer stale."""
+        cached = getattr(self.learn, "cached_features", None)
+        if getattr(self.learn, "other_bird", None) is None:
+            return
+        if self.body_changed or (cached is not None and not cached.describes(self.learn.model[1][2:])):
+            logger.warning("the model was trained further after the head with its other-bird class: exported "
+                           "without that class (train with --fast-head --epochs 0 to keep it)")
+            self.learn.other_bird = None
+            self.record["other_bird"] = "dropped: the model was trained further without the other-bird photos"
 
     def _out_of_fold_logits(self) -> tuple[Any, Any] | None:
         """(logits, labels) over train+valid from heads fitted without each photo's fold, when the model is still
@@ -430,12 +470,19 @@ class TrainingRun:
         gate = getattr(learn, "bird_gate", None)
         card = build_card(name, self.run_dir.name, self.arch, learn.weights_source, cfg.data, cfg.split,
                           len(learn.dls.vocab), self.record["images"], shown, calibration.to_dict(),
-                          gate=None if gate is None else "fixed" if isinstance(gate, FixedGate) else "shared")
+                          gate=None if gate is None else "fixed" if isinstance(gate, FixedGate) else "shared",
+                          other_birds=self.record.get("fast_head", {}).get("other_bird_photos"))
         write_card(self.run_dir, card)
         updates: dict[str, Any] = {"temperature": calibration.temperature,
                                    "species_threshold": calibration.species_threshold, "card": card}
         if calibration.bird_threshold is not None:
             updates["bird_threshold"] = calibration.bird_threshold
+        if calibration.other_threshold is not None:
+            from ..serving.other_bird import OtherBird
+
+            rule = OtherBird(calibration.other_threshold, calibration.other_pass or 0.0,
+                             int(self.record.get("fast_head", {}).get("other_bird_photos", 0)))
+            updates["extra"] = dict(learn.birdclf_config.extra) | {"other_bird": rule.to_dict()}
         learn.birdclf_config = replace(learn.birdclf_config, **updates)
         import torch
 
