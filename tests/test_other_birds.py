@@ -180,6 +180,7 @@ def test_a_head_trained_further_drops_its_stale_other_bird_class(shared_bird_dat
         run.learn.model[1][-1].weight.mul_(1.5)  # as if fitted further
     calibration = run.calibrate()
     assert run.learn.other_bird is None and calibration.other_threshold is None
+    assert "other_bird" not in run.learn.birdclf_config.extra
     assert run.record["other_bird"].startswith("dropped") and "without that class" in caplog.text
 
 

@@ -383,7 +383,8 @@ class Predictor:
 
     def _is_better(self, whole: tuple[np.ndarray, float, Found | None], close: tuple[np.ndarray, float, Found]) -> bool:
         """A closer look wins when it sees a bird and is surer of the species than the wider view, or the wider
-        view saw no bird. (For a model with an other-bird class, the answer kept still passes that class's rule.)"""
+        view saw no bird. (For a model with an other-bird class, the verdict of the answer kept is then decided
+        with that class's rule, so a crop may turn `species` into `unsure`, or back.)"""
         if close[1] < self.bird_threshold:
             return False
         if whole[1] < self.bird_threshold:  # a bird the wider view did not see: only when quite sure (false alarms)

@@ -84,8 +84,7 @@ def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int
     metrics = train_head(fitted, np.concatenate([x_train, x_extra]),
                          np.concatenate([y_train, y_train, y_extra] if flip else [y_train, y_extra]), x_valid, y_valid,
                          settings)
-    if x_other is not None:
-        learn.other_bird = split_head(head, fitted)
+    learn.other_bird = split_head(head, fitted) if x_other is not None else None  # a refit without them: none
     learn.cached_features.fitted_valid_logits = head_logits(head, x_valid)
     other = {} if x_other is None else {"other_bird_photos": len(other_birds or ())}
     return {**settings.to_dict(), "train_features": int(len(x_train)), **metrics,

@@ -426,6 +426,8 @@ class TrainingRun:
             logger.warning("the model was trained further after the head with its other-bird class: exported "
                            "without that class (train with --fast-head --epochs 0 to keep it)")
             self.learn.other_bird = None
+            extra = {k: v for k, v in self.learn.birdclf_config.extra.items() if k != "other_bird"}
+            self.learn.birdclf_config = replace(self.learn.birdclf_config, extra=extra)
             self.record["other_bird"] = "dropped: the model was trained further without the other-bird photos"
 
     def _out_of_fold_logits(self) -> tuple[Any, Any] | None:
@@ -471,7 +473,8 @@ class TrainingRun:
         card = build_card(name, self.run_dir.name, self.arch, learn.weights_source, cfg.data, cfg.split,
                           len(learn.dls.vocab), self.record["images"], shown, calibration.to_dict(),
                           gate=None if gate is None else "fixed" if isinstance(gate, FixedGate) else "shared",
-                          other_birds=self.record.get("fast_head", {}).get("other_bird_photos"))
+                          other_birds=self.record.get("fast_head", {}).get("other_bird_photos")
+                          if getattr(learn, "other_bird", None) is not None else None)
         write_card(self.run_dir, card)
         updates: dict[str, Any] = {"temperature": calibration.temperature,
                                    "species_threshold": calibration.species_threshold, "card": card}
