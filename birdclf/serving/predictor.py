@@ -43,7 +43,7 @@ from .model_source import resolve_model_path
 from .other_bird import OtherBird
 from .second_look import SecondLook
 
-__all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax"]
+__all__ = ["VERDICTS", "Prediction", "Predictor", "verdict_of", "available_cpus", "softmax", "calibrated"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def calibrated(logits: np.ndarray, temperature: float, other: np.ndarray | None = None) -> np.ndarray:
+    """softmax(logits / temperature) over the species and, given a model's other-bird logit, that class last."""
+    logits = np.asarray(logits, np.float64)
+    if other is not None:
+        logits = np.concatenate([logits, np.asarray(other, np.float64).reshape(len(logits), 1)], axis=1)
+    return softmax(logits / temperature)
 
 
 VERDICTS = ("species", "unsure", "not_a_bird")
@@ -221,12 +229,9 @@ class Predictor:
         return probs, bird, results.get(OUTPUT_MAP)
 
     def _calibrated(self, results: dict[str, np.ndarray]) -> np.ndarray:
-        """softmax(logits / temperature), over the species and, for a model with one, the other-bird class."""
-        logits = results[OUTPUT_LOGITS].astype(np.float64)
-        if self.other_bird is not None:
-            other = results[OUTPUT_OTHER].reshape(len(logits), 1).astype(np.float64)
-            logits = np.concatenate([logits, other], axis=1)
-        return softmax(logits / self.config.temperature)
+        """Calibrated probabilities of one model call's outputs (the other-bird class last, for a model with one)."""
+        other = results[OUTPUT_OTHER] if self.other_bird is not None else None
+        return calibrated(results[OUTPUT_LOGITS], self.config.temperature, other)
 
     def _forward_all(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """`_forward` over any number of CHW inputs, `batch_size` at a time (the model's memory stays bounded)."""

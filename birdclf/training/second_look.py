@@ -65,14 +65,10 @@ def with_second_look(fp32: Any, int8: Any) -> Any:
 
 
 def _calibrated(out: list[np.ndarray], temperature: float, other_bird: OtherBird | None) -> np.ndarray:
-    """The Predictor's probabilities from raw outputs: the species, then P(other bird) for a model with that class
-    (its logit is the last output)."""
-    from ..serving.predictor import softmax
+    """The Predictor's probabilities from a model's raw outputs (the other-bird logit is the last output)."""
+    from ..serving.predictor import calibrated
 
-    logits = out[0].astype(np.float64)
-    if other_bird is not None:
-        logits = np.concatenate([logits, out[-1].reshape(len(logits), 1).astype(np.float64)], axis=1)
-    return softmax(logits / temperature)
+    return calibrated(out[0], temperature, out[-1] if other_bird is not None else None)
 
 
 def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondLook, temperature: float,
