@@ -11,7 +11,7 @@ stamp=.venv/.birdclf-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,serve,app,dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[train,serve,app,dev,dist]"
   echo "$want" > "$stamp"
 fi
 # The browser tests use Debian's Chromium (never a downloaded browser build).

@@ -9,6 +9,8 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from torch import nn
 
+from .distributed import unwrap
+
 __all__ = ["FreezeBodyBatchNorm", "DeviceMixedPrecision"]
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ class FreezeBodyBatchNorm(Callback):
     order = 99  # after fastai sets model.train()
 
     def before_train(self) -> None:
-        for module in self.learn.model[0].modules():
+        for module in unwrap(self.learn.model)[0].modules():  # DistributedDataParallel while fitting on several
             if isinstance(module, _BN):
                 module.eval()
 

@@ -89,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     from .trainer import train
 
     result = train(_train_config(args))
-    print_json({"run_dir": result.run_dir, "metrics": result.metrics, "timings": result.timings})
+    if result is not None:  # None: a distributed run's other processes (the main one prints the run)
+        print_json({"run_dir": result.run_dir, "metrics": result.metrics, "timings": result.timings})
     return 0
 
 

@@ -19,6 +19,8 @@ def compare_architectures(base: TrainConfig, archs: list[str]) -> list[dict[str,
         start = time.perf_counter()
         try:
             result = train(replace(base, arch=arch, name=f"{base.name or 'compare'}-{arch}", evaluate=False))
+            if result is None:  # a distributed run's other processes: the main one reports
+                continue
             valid = result.metrics["valid"]
             onnx_path = Path(result.run_dir) / "model.onnx"
             rows.append({"arch": arch, "accuracy": valid.get("accuracy"), "top5": valid.get("top5_accuracy"),

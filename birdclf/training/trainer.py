@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BirdclfError
+from .distributed import distributed_fit, processes
 from .learner import arch_config, default_arch, make_learner
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingRun", "prepare_data", "recipe", "run_lr_find", "train",
@@ -83,7 +84,8 @@ class TrainConfig:
     name: str | None = _option(None, "run folder name (default: time-arch)")
     onnx: bool = _option(True, "export the verified ONNX model")
     evaluate: bool = _option(True, "evaluate on the test split")
-    distributed: bool = _option(False, "multi-GPU: run under `accelerate launch -m birdclf train ...`")
+    distributed: bool = _option(False, "several GPUs: run under `accelerate launch --multi_gpu --num_processes N "
+                                       "-m birdclf train ...` (needs birdclf[dist])")
     feature_cache: str | None = _option(None, "folder for cached body features (--fast-head)")
     precision: str | None = _option(None, "default: fp16 mixed precision on a GPU, fp32 on CPU (bf16 runs on CPU "
                                           "too)", choices=PRECISIONS)
@@ -220,6 +222,7 @@ class TrainingRun:
         from .loaders import make_dataloaders
 
         self.cfg = cfg
+        self.procs = processes(cfg.distributed)
         self.timings: dict[str, float] = {}
         self._started = time.perf_counter()
         gpu = _on_gpu()
@@ -231,7 +234,7 @@ class TrainingRun:
         self.dls = make_dataloaders(self.splits, config, bs=cfg.bs, presize=cfg.presize, num_workers=cfg.num_workers,
                                     seed=cfg.seed, min_scale=cfg.min_scale, batch_min_scale=cfg.batch_min_scale,
                                     item_crop=cfg.item_crop)
-        self.run_dir = _run_dir(cfg, self.arch, resume=_resume)
+        self.run_dir = self.procs.shared(lambda: _run_dir(cfg, self.arch, resume=_resume))  # one folder per run
         self.learn = make_learner(self.dls, self.arch, config, pretrained=cfg.pretrained, path=self.run_dir,
                                   label_smoothing=cfg.label_smoothing, freeze_bn=cfg.freeze_bn)
         if gpu:
@@ -247,9 +250,10 @@ class TrainingRun:
         self.timings["setup_s"] = time.perf_counter() - self._started
         self.record: dict[str, Any] = {
             "config": asdict(cfg) | {"arch": self.arch}, "weights": self.learn.weights_source,
-            "precision": self.precision, "environment": _environment(), "classes": len(self.dls.vocab),
+            "precision": self.precision, "environment": _environment(), "processes": self.procs.world,
+            "classes": len(self.dls.vocab),
             "images": {k: len(v) for k, v in self.splits.items()}}
-        if not _resume:
+        if not _resume and self.procs.main:
             _write_json(self.run_dir / "config.json", self.record)
             (self.run_dir / "labels.txt").write_text("\n".join(self.dls.vocab) + "\n")
 
@@ -266,8 +270,8 @@ class TrainingRun:
         previous = json.loads((run_dir / "config.json").read_text())
         known = {f.name for f in fields(TrainConfig)}
         cfg = TrainConfig(**{k: v for k, v in previous["config"].items() if k in known}
-                          | {"out": str(run_dir.parent), "name": run_dir.name})
-        run = cls(cfg, _resume=True)
+                          | {"out": str(run_dir.parent), "name": run_dir.name, "distributed": False})
+        run = cls(cfg, _resume=True)  # one process finishes it, also a run that trained on several
         labels = (run_dir / "labels.txt").read_text().splitlines() if (run_dir / "labels.txt").is_file() else []
         if labels and labels != list(run.dls.vocab):
             raise BirdclfError(f"{cfg.data} now has other classes than {run_dir} was trained on")
@@ -296,26 +300,38 @@ class TrainingRun:
         return f"TrainingRun({str(self.run_dir)!r}, arch={self.arch!r}, {len(self.dls.vocab)} classes)"
 
     def fit_head_on_features(self) -> dict[str, Any]:
-        """The frozen phase on CPU: train the head on cached body features (seconds instead of an epoch)."""
+        """The frozen phase on CPU: train the head on cached body features (seconds instead of an epoch). In a
+        distributed run the main process fits it and the others take its weights."""
         from .features import fit_head_on_features
 
-        t = time.perf_counter()
-        others = None
-        if self.cfg.other_birds:
-            from .other_birds import other_bird_photos
+        def fit_here() -> tuple[dict[str, Any], dict[str, Any]]:
+            others = None
+            if self.cfg.other_birds:
+                from .other_birds import other_bird_photos
 
-            others = other_bird_photos(self.cfg.other_birds, list(self.dls.vocab))
-        self.record["fast_head"] = fit_head_on_features(self.learn, self.cfg.head_epochs,
-                                                        cache_dir=self.cfg.feature_cache, seed=self.cfg.seed,
-                                                        label_smoothing=self.cfg.label_smoothing,
-                                                        other_birds=others)
+                others = other_bird_photos(self.cfg.other_birds, list(self.dls.vocab))
+            record = fit_head_on_features(self.learn, self.cfg.head_epochs, cache_dir=self.cfg.feature_cache,
+                                          seed=self.cfg.seed, label_smoothing=self.cfg.label_smoothing,
+                                          other_birds=others)
+            head = self.learn.model[1]
+            return record, {k: v.cpu() for k, v in head.state_dict().items()} if self.procs.world > 1 else {}
+
+        t = time.perf_counter()
+        self.record["fast_head"], head = self.procs.shared(fit_here)
+        if self.procs.world > 1:  # every process's weights alike, strides too (DistributedDataParallel checks)
+            import torch
+
+            if not self.procs.main:
+                self.learn.model[1].load_state_dict(head)
+            self.learn.model.to(memory_format=torch.contiguous_format)  # feature extraction ran channels-last
         self.timings["fast_head_s"] = time.perf_counter() - t
         return self.record["fast_head"]
 
     def find_lr(self) -> float:
         """fastai's lr_find (plot saved as lr_find.png); returns the valley suggestion, recorded in the run."""
         t = time.perf_counter()
-        self.record["lr_find"] = run_lr_find(self.learn, self.cfg.lr_find_iters, self.run_dir / "lr_find.png")
+        self.record["lr_find"] = self.procs.shared(  # on the main process; the others use its suggestion
+            lambda: run_lr_find(self.learn, self.cfg.lr_find_iters, self.run_dir / "lr_find.png"))
         self.timings["lr_find_s"] = time.perf_counter() - t
         return self.record["lr_find"]["valley"]
 
@@ -325,8 +341,9 @@ class TrainingRun:
         from fastai.callback.progress import CSVLogger
         from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 
-        cbs = [CSVLogger(fname="history.csv", append=True),
-               SaveModelCallback(monitor="accuracy", fname="best", with_opt=False)]
+        cbs = [SaveModelCallback(monitor="accuracy", fname="best", with_opt=False)]  # fastai saves on rank 0 only
+        if self.procs.main:
+            cbs.insert(0, CSVLogger(fname="history.csv", append=True))
         if self.cfg.patience:
             cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=self.cfg.patience))
         return cbs
@@ -341,12 +358,7 @@ class TrainingRun:
         self.record["lr"] = lr
         freeze_epochs = 0 if cfg.fast_head else cfg.freeze_epochs
         t = time.perf_counter()
-        if cfg.distributed:
-            import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs `accelerate`)
-
-            with self.learn.distrib_ctx():
-                _fit(self.learn, cfg.epochs, lr, freeze_epochs, self.callbacks(), cfg.lr_mult)
-        else:
+        with distributed_fit(self.learn, self.procs):
             _fit(self.learn, cfg.epochs, lr, freeze_epochs, self.callbacks(), cfg.lr_mult)
         self.timings["fine_tune_s"] = time.perf_counter() - t
 
@@ -357,9 +369,10 @@ class TrainingRun:
         if lr is not None:
             self.record["lr"] = lr
         try:
-            calibration = self.calibrate()
-            test = self.evaluate(calibration)
-            return self.export(calibration, test)
+            with self.procs.alone():  # a distributed run's main process finishes it alone
+                calibration = self.calibrate()
+                test = self.evaluate(calibration)
+                return self.export(calibration, test)
         except Exception as exc:
             raise BirdclfError(f"the run failed after training ({type(exc).__name__}: {exc}); "
                                f"{self.save_trained()}") from exc
@@ -512,8 +525,9 @@ class TrainingRun:
         return result
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """One reproducible run: data, learner, (fast head), lr_find, fine_tune, export.pkl, model.onnx, evaluation."""
+def train(cfg: TrainConfig) -> TrainResult | None:
+    """One reproducible run: data, learner, (fast head), lr_find, fine_tune, export.pkl, model.onnx, evaluation.
+    In a distributed run the main process finishes it and the others return None after fitting."""
     run = TrainingRun(cfg)
     if cfg.fast_head:
         run.fit_head_on_features()
@@ -525,7 +539,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise
         raise BirdclfError(f"training stopped ({type(exc).__name__}: {exc}); the best epoch so far is saved in "
                            f"{best}: finish with `birdclf export {run.run_dir}`, or train again") from exc
-    return run.finish()
+    return run.finish() if run.procs.main else None
 
 
 def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_mult: float = 100) -> None:
