@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from birdclf.config import ModelConfig
-from birdclf.constants import INPUT_NAME, INPUT_PRECISE, METADATA_KEY, OUTPUT_LOGITS
+from birdclf.constants import INPUT_NAME, INPUT_PRECISE, METADATA_KEY, OUTPUT_LOGITS, OUTPUT_OTHER
 from birdclf.errors import ExportError, ModelFormatError
 from birdclf.serving.predictor import Predictor
 from birdclf.serving.second_look import SecondLook
@@ -119,3 +119,32 @@ def test_second_look_picks_the_answers_int8_noise_could_change():
     assert SecondLook.from_config(None) is None and SecondLook.from_config(rule.to_dict()) == rule
     with pytest.raises(ModelFormatError, match="second-look rule"):
         SecondLook.from_config({"margin": "wide"})
+
+
+class _WithOtherBird(torch.nn.Module):
+    """The tiny model plus an 'other bird' output, named as GatedModel names its outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.output_names = [OUTPUT_LOGITS, OUTPUT_OTHER]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits.mean(-1)
+
+
+def test_an_other_bird_output_and_its_rule_go_together(tmp_path, tiny_torch_model, tiny_config):
+    """An exported other-bird output the Predictor could not apply (no rule), or a rule without the output, is
+    refused before anything is written."""
+    import dataclasses
+
+    rule = {"threshold": 0.3, "pass_rate": 0.8, "photos": 10}
+    with_rule = dataclasses.replace(tiny_config, extra={"other_bird": rule})
+    with pytest.raises(ExportError, match="other-bird rule"):
+        export_onnx(_WithOtherBird(tiny_torch_model), tmp_path / "a.onnx", tiny_config)
+    with pytest.raises(ExportError, match="other-bird rule"):
+        export_onnx(tiny_torch_model, tmp_path / "b.onnx", with_rule)
+    assert not list(tmp_path.glob("*.onnx"))
+    export_onnx(_WithOtherBird(tiny_torch_model), tmp_path / "c.onnx", with_rule)
+    assert Predictor(tmp_path / "c.onnx").info()["other_bird"]["threshold"] == 0.3
