@@ -89,6 +89,8 @@ def test_other_birds_needs_the_head_only_recipe(tmp_path):
 
     with pytest.raises(BirdclfError, match="--fast-head --epochs 0"):
         TrainConfig(data=str(tmp_path), fast_head=True, epochs=3, other_birds=str(tmp_path))
+    with pytest.raises(BirdclfError, match="needs the pretrained ImageNet weights"):  # at once, not at export
+        TrainConfig(data=str(tmp_path), fast_head=True, epochs=0, pretrained=False, other_birds=str(tmp_path))
 
 
 @pytest.mark.slow

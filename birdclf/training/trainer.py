@@ -100,6 +100,9 @@ class TrainConfig:
             raise BirdclfError("--other-birds trains the other-bird class with the head on cached features: it needs "
                                "--fast-head --epochs 0 (TrainConfig fast_head=True, epochs=0; a fine-tuned body "
                                "would leave that class behind)")
+        if self.other_birds and not self.pretrained:
+            raise BirdclfError("--other-birds needs the pretrained ImageNet weights: the other-bird class is exported "
+                               "beside the bird gate, and a model without them (--no-pretrained) has no gate")
 
 
 def _absolute(path: str | os.PathLike | None) -> Any:
