@@ -20,19 +20,14 @@ import numpy as np
 from bench.common import SHARED, machine, percentile, print_table, write_json
 from birdclf.data.layout import read_dataset
 from birdclf.data.split import make_splits
-from birdclf.serving.predictor import Predictor, verdict_of
+from birdclf.serving.predictor import Predictor
 
 
 def _answers(predictor: Predictor, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Top-1 and verdict of every input, as served, 32 at a time."""
-    tops, verdicts = [], []
-    for start in range(0, len(batch), 32):
-        probs, bird = predictor.run(batch[start:start + 32])
-        for i, row in enumerate(probs):
-            tops.append(int(row.argmax()))
-            verdicts.append(verdict_of(float(row.max()), None if bird is None else float(bird[i]),
-                                       predictor.bird_threshold, predictor.config.species_threshold))
-    return np.array(tops), verdicts
+    """Top-1 and verdict of every input, as served (the other-bird rule included, for a model with that class)."""
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    predictions = predictor.predict_arrays(list(batch), top_k=1)
+    return np.array([index[p.label] for p in predictions]), [p.verdict for p in predictions]
 
 
 def _speed(predictor: Predictor, batch: np.ndarray, singles: int = 100) -> tuple[float, float, float]:

@@ -117,6 +117,14 @@ def test_second_look_picks_the_answers_int8_noise_could_change():
     assert rule.rows(probs, bird, 0.8, 0.5).tolist() == [True, False, True, False, True]
     assert rule.rows(probs, None, 0.8, 0.5).tolist() == [True, False, True, False, False]
     assert SecondLook.from_config(None) is None and SecondLook.from_config(rule.to_dict()) == rule
+    # a model with an other-bird class: P(other) near its threshold, or near the top species, is looked at again
+    probs = np.array([[0.90, 0.03, 0.02]] * 4 + [[0.60, 0.15, 0.10]])
+    # far under the threshold 0.3; just under it (INT8 could push it over); above it with a sure top-1 (fp32 may
+    # answer `species`); beside the top-1; above it with an unsure top-1 (held back either way)
+    other = np.array([0.05, 0.2, 0.45, 0.92, 0.5])
+    assert rule.rows(probs, None, 0.8, 0.5, other, 0.3).tolist() == [False, True, True, True, False]
+    assert not rule.rows(probs, np.full(5, 0.4), 0.8, 0.5, other, 0.3)[2]  # not a bird: the rule does not decide
+    assert not rule.rows(probs, None, 0.8, 0.5).any()  # without the class: none of these
     with pytest.raises(ModelFormatError, match="second-look rule"):
         SecondLook.from_config({"margin": "wide"})
 

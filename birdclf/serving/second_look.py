@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import SECOND_LOOK_BELOW_SPECIES, SECOND_LOOK_BIRD_BAND, SECOND_LOOK_MARGIN
+from ..constants import SECOND_LOOK_BELOW_SPECIES, SECOND_LOOK_BIRD_BAND, SECOND_LOOK_MARGIN, SECOND_LOOK_OTHER_RATIO
 from ..errors import ModelFormatError
 
 __all__ = ["SecondLook"]
@@ -20,6 +20,7 @@ class SecondLook:
     margin: float = SECOND_LOOK_MARGIN  # top-1 and top-2 calibrated probabilities closer than this
     below_species: float = SECOND_LOOK_BELOW_SPECIES  # top-1 this little under the species threshold
     bird_band: float = SECOND_LOOK_BIRD_BAND  # P(bird) this close to the bird threshold
+    other_ratio: float = SECOND_LOOK_OTHER_RATIO  # P(other bird) under its threshold by less than this factor
 
     @classmethod
     def from_config(cls, raw: Any) -> SecondLook | None:
@@ -35,12 +36,22 @@ class SecondLook:
         """A JSON-ready dict."""
         return asdict(self)
 
-    def rows(self, probs: np.ndarray, bird: np.ndarray | None, species_threshold: float,
-             bird_threshold: float) -> np.ndarray:
-        """Which rows of a batch (calibrated probabilities, P(bird)) to compute again in fp32."""
+    def rows(self, probs: np.ndarray, bird: np.ndarray | None, species_threshold: float, bird_threshold: float,
+             other: np.ndarray | None = None, other_threshold: float | None = None) -> np.ndarray:
+        """Which rows of a batch (calibrated species probabilities, P(bird); for a model with an other-bird class,
+        P(other) and its threshold) to compute again in fp32."""
         top = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.pad(probs, ((0, 0), (1, 0)))
         again = (top[:, 1] - top[:, 0]) < self.margin
         again |= (top[:, 1] < species_threshold) & (top[:, 1] >= species_threshold - self.below_species)
         if bird is not None:
             again |= np.abs(bird - bird_threshold) < self.bird_band
+        if other is not None and other_threshold is not None:
+            # INT8 moves a small P(other) by a factor, not by a fixed amount: look again at every answer the other-bird
+            # rule alone holds back (fp32 would answer `species` for many), and at those it lets through narrowly
+            held = (other > other_threshold) | (other > top[:, 1])
+            sure = top[:, 1] >= species_threshold
+            if bird is not None:
+                sure &= bird >= bird_threshold
+            again |= held & sure
+            again |= ~held & (other * self.other_ratio > other_threshold)
         return again

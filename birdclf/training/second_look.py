@@ -76,9 +76,12 @@ def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondL
                    other_bird: OtherBird | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """What the Predictor serves from the INT8 model with its second look, given both models' raw outputs on the
     same batch: (outputs, which rows were looked at again)."""
-    probs = _calibrated(int8, temperature, other_bird)[:, :int8[0].shape[1]]
+    n = int8[0].shape[1]
+    probs = _calibrated(int8, temperature, other_bird)
     bird = int8[1].reshape(-1).astype(np.float64) if len(int8) > 1 else None
-    again = rule.rows(probs, bird, species_threshold, bird_threshold)
+    other = probs[:, n] if other_bird is not None else None
+    again = rule.rows(probs[:, :n], bird, species_threshold, bird_threshold, other,
+                      other_bird.threshold if other_bird is not None else None)
     return [np.where(again.reshape((-1,) + (1,) * (a.ndim - 1)), b, a) for a, b in zip(int8, fp32)], again
 
 
