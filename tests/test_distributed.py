@@ -105,3 +105,24 @@ def test_two_cpu_processes_train_one_run_that_exports_and_serves(tmp_path):
     species = (run / "labels.txt").read_text().splitlines()
     assert list(predictor.labels) == species and len(species) == 3
     assert predictor.predict(make_image(96, 96)).label in species
+
+
+def test_accelerates_own_mixed_precision_stays_off(caplog, monkeypatch):
+    """`accelerate config` may have saved fp16: Accelerate would then wrap the model's forward in its autocast for
+    good (into export.pkl and the ONNX export); birdclf's --precision does mixed precision instead."""
+    pytest.importorskip("accelerate")
+    from birdclf.training.distributed import _trainer
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with caplog.at_level(logging.WARNING, logger="birdclf"):
+        trainer = _trainer()
+    assert trainer.accelerator.mixed_precision == "no" and "--mixed_precision fp16 is ignored" in caplog.text
+
+
+def test_compare_refuses_distributed(tmp_path):
+    from birdclf.errors import BirdclfError
+    from birdclf.training.compare import compare_architectures
+    from birdclf.training.trainer import TrainConfig
+
+    with pytest.raises(BirdclfError, match="--distributed is for `birdclf train`"):
+        compare_architectures(TrainConfig(data=str(tmp_path), distributed=True), ["tf_efficientnet_lite0"])

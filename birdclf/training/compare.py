@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import BirdclfError
 from .trainer import TrainConfig, train
 
 __all__ = ["compare_architectures"]
@@ -14,13 +15,14 @@ __all__ = ["compare_architectures"]
 
 def compare_architectures(base: TrainConfig, archs: list[str]) -> list[dict[str, Any]]:
     """Train each architecture with the same config; one row per architecture (failures reported, not raised)."""
+    if base.distributed:  # one architecture failing on one process would leave the others waiting for it
+        raise BirdclfError("compare trains one architecture after another in one process: --distributed is for "
+                           "`birdclf train`")
     rows = []
     for arch in archs:
         start = time.perf_counter()
         try:
             result = train(replace(base, arch=arch, name=f"{base.name or 'compare'}-{arch}", evaluate=False))
-            if result is None:  # a distributed run's other processes: the main one reports
-                continue
             valid = result.metrics["valid"]
             onnx_path = Path(result.run_dir) / "model.onnx"
             rows.append({"arch": arch, "accuracy": valid.get("accuracy"), "top5": valid.get("top5_accuracy"),

@@ -61,6 +61,14 @@ class Processes:
             raise BirdclfError(f"the main process failed ({value}); see its log")
         return value
 
+    def close(self) -> None:
+        """Leave the process group once this process's part is done (the main one: after the export)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
     @contextmanager
     def alone(self) -> Iterator[None]:
         """fastai work on this process only (lr_find, the cached-feature head, calibration, export): fastai gathers
@@ -126,7 +134,11 @@ def _trainer(sync_bn: bool = False) -> Any:
         def _wrap_dl(self, dl: Any) -> Any:
             return dl if isinstance(dl, DistributedDL) else _DistributedDL(dl, device=self.learn.model.device)
 
-    return _Trainer(sync_bn=sync_bn)
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+        logger.warning("accelerate launch --mixed_precision %s is ignored: birdclf's --precision (fp16 on a GPU by "
+                       "default) does mixed precision", os.environ["ACCELERATE_MIXED_PRECISION"])
+    # Accelerate's own autocast would wrap the model's forward for good (fastai unwraps only DDP), into the export
+    return _Trainer(sync_bn=sync_bn, mixed_precision="no")
 
 
 @contextmanager

@@ -532,17 +532,20 @@ def train(cfg: TrainConfig) -> TrainResult | None:
     """One reproducible run: data, learner, (fast head), lr_find, fine_tune, export.pkl, model.onnx, evaluation.
     In a distributed run the main process finishes it and the others return None after fitting."""
     run = TrainingRun(cfg)
-    if cfg.fast_head:
-        run.fit_head_on_features()
     try:
-        run.fit()
-    except Exception as exc:
-        best = run.run_dir / "models" / "best.pth"
-        if not best.is_file():
-            raise
-        raise BirdclfError(f"training stopped ({type(exc).__name__}: {exc}); the best epoch so far is saved in "
-                           f"{best}: finish with `birdclf export {run.run_dir}`, or train again") from exc
-    return run.finish() if run.procs.main else None
+        if cfg.fast_head:
+            run.fit_head_on_features()
+        try:
+            run.fit()
+        except Exception as exc:
+            best = run.run_dir / "models" / "best.pth"
+            if not best.is_file():
+                raise
+            raise BirdclfError(f"training stopped ({type(exc).__name__}: {exc}); the best epoch so far is saved in "
+                               f"{best}: finish with `birdclf export {run.run_dir}`, or train again") from exc
+        return run.finish() if run.procs.main else None
+    finally:
+        run.procs.close()
 
 
 def _fit(learn: Any, epochs: int, lr: float, freeze_epochs: int, cbs: list, lr_mult: float = 100) -> None:
