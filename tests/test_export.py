@@ -11,6 +11,7 @@ import torch
 from birdclf.config import ModelConfig
 from birdclf.constants import INPUT_NAME, INPUT_PRECISE, METADATA_KEY, OUTPUT_LOGITS, OUTPUT_OTHER
 from birdclf.errors import ExportError, ModelFormatError
+from birdclf.serving.other_bird import OtherBird
 from birdclf.serving.predictor import Predictor
 from birdclf.serving.second_look import SecondLook
 from birdclf.training.export import export_onnx, quantize_int8, read_model_config, set_metadata, verify_parity
@@ -122,8 +123,9 @@ def test_second_look_picks_the_answers_int8_noise_could_change():
     # far under the threshold 0.3; just under it (INT8 could push it over); above it with a sure top-1 (fp32 may
     # answer `species`); beside the top-1; above it with an unsure top-1 (held back either way)
     other = np.array([0.05, 0.2, 0.45, 0.92, 0.5])
-    assert rule.rows(probs, None, 0.8, 0.5, other, 0.3).tolist() == [False, True, True, True, False]
-    assert not rule.rows(probs, np.full(5, 0.4), 0.8, 0.5, other, 0.3)[2]  # not a bird: the rule does not decide
+    at = OtherBird(0.3)
+    assert rule.rows(probs, None, 0.8, 0.5, other, at).tolist() == [False, True, True, True, False]
+    assert not rule.rows(probs, np.full(5, 0.4), 0.8, 0.5, other, at)[2]  # not a bird: the rule does not decide
     assert not rule.rows(probs, None, 0.8, 0.5).any()  # without the class: none of these
     with pytest.raises(ModelFormatError, match="second-look rule"):
         SecondLook.from_config({"margin": "wide"})

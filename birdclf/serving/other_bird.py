@@ -40,6 +40,7 @@ class OtherBird:
         """A JSON-ready dict."""
         return asdict(self)
 
-    def holds_back(self, other: float, confidence: float) -> bool:
-        """Whether P(other bird) `other` beside the top species' `confidence` means "not one of mine"."""
-        return other > self.threshold or other > confidence
+    def holds_back(self, other: Any, confidence: Any) -> Any:
+        """Whether P(other bird) `other` beside the top species' `confidence` means "not one of mine": one bool for
+        two numbers, one per row for two arrays."""
+        return (other > self.threshold) | (other > confidence)

@@ -217,7 +217,7 @@ class Predictor:
         if self.second_look is not None:
             other = probs[:, self._n] if self.other_bird is not None else None
             again = self.second_look.rows(probs[:, :self._n], bird, self.config.species_threshold, self.bird_threshold,
-                                          other, self.other_bird.threshold if self.other_bird is not None else None)
+                                          other, self.other_bird)
             if again.any():  # INT8 answers its noise could change: the same rows through the fp32 copy
                 logger.debug("second look in fp32 for %d of %d inputs", int(again.sum()), len(batch))
                 precise = dict(zip(names, self.session.run(names, {INPUT_NAME: batch[again],

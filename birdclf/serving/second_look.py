@@ -9,6 +9,7 @@ import numpy as np
 
 from ..constants import SECOND_LOOK_BELOW_SPECIES, SECOND_LOOK_BIRD_BAND, SECOND_LOOK_MARGIN, SECOND_LOOK_OTHER_RATIO
 from ..errors import ModelFormatError
+from .other_bird import OtherBird
 
 __all__ = ["SecondLook"]
 
@@ -37,21 +38,21 @@ class SecondLook:
         return asdict(self)
 
     def rows(self, probs: np.ndarray, bird: np.ndarray | None, species_threshold: float, bird_threshold: float,
-             other: np.ndarray | None = None, other_threshold: float | None = None) -> np.ndarray:
+             other: np.ndarray | None = None, other_bird: OtherBird | None = None) -> np.ndarray:
         """Which rows of a batch (calibrated species probabilities, P(bird); for a model with an other-bird class,
-        P(other) and its threshold) to compute again in fp32."""
+        P(other) and the class's rule) to compute again in fp32."""
         top = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.pad(probs, ((0, 0), (1, 0)))
         again = (top[:, 1] - top[:, 0]) < self.margin
         again |= (top[:, 1] < species_threshold) & (top[:, 1] >= species_threshold - self.below_species)
         if bird is not None:
             again |= np.abs(bird - bird_threshold) < self.bird_band
-        if other is not None and other_threshold is not None:
+        if other is not None and other_bird is not None:
             # INT8 moves a small P(other) by a factor, not by a fixed amount: look again at every answer the other-bird
             # rule alone holds back (fp32 would answer `species` for many), and at those it lets through narrowly
-            held = (other > other_threshold) | (other > top[:, 1])
+            held = other_bird.holds_back(other, top[:, 1])
             sure = top[:, 1] >= species_threshold
             if bird is not None:
                 sure &= bird >= bird_threshold
             again |= held & sure
-            again |= ~held & (other * self.other_ratio > other_threshold)
+            again |= ~held & (other * self.other_ratio > other_bird.threshold)
         return again

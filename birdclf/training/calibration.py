@@ -197,11 +197,10 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, bird_probability: np.ndar
 
 
 def held_back(other: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
-    """Which photos the other-bird rule holds back (the serving rule, `OtherBird.holds_back`, row by row)."""
+    """Which photos the other-bird rule holds back (the serving rule, `OtherBird.holds_back`, on every row)."""
     from ..serving.other_bird import OtherBird
 
-    rule = OtherBird(threshold)
-    return np.array([rule.holds_back(float(o), float(c)) for o, c in zip(other, confidence)], bool)
+    return np.asarray(OtherBird(threshold).holds_back(np.asarray(other), np.asarray(confidence)), bool)
 
 
 def abstention_stats(logits: np.ndarray, targets: np.ndarray, calibration: Any,

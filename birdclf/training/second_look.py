@@ -80,8 +80,7 @@ def served_outputs(fp32: list[np.ndarray], int8: list[np.ndarray], rule: SecondL
     probs = _calibrated(int8, temperature, other_bird)
     bird = int8[1].reshape(-1).astype(np.float64) if len(int8) > 1 else None
     other = probs[:, n] if other_bird is not None else None
-    again = rule.rows(probs[:, :n], bird, species_threshold, bird_threshold, other,
-                      other_bird.threshold if other_bird is not None else None)
+    again = rule.rows(probs[:, :n], bird, species_threshold, bird_threshold, other, other_bird)
     return [np.where(again.reshape((-1,) + (1,) * (a.ndim - 1)), b, a) for a, b in zip(int8, fp32)], again
 
 
