@@ -304,28 +304,25 @@ class TrainingRun:
 
     def fit_head_on_features(self) -> dict[str, Any]:
         """The frozen phase on CPU: train the head on cached body features (seconds instead of an epoch). In a
-        distributed run the main process fits it and the others take its weights."""
+        distributed run the main process fits it; DistributedDataParallel gives the others its weights when the
+        fit starts (it broadcasts rank 0's parameters and buffers)."""
         from .features import fit_head_on_features
 
-        def fit_here() -> tuple[dict[str, Any], dict[str, Any]]:
+        def fit_here() -> dict[str, Any]:
             others = None
             if self.cfg.other_birds:
                 from .other_birds import other_bird_photos
 
                 others = other_bird_photos(self.cfg.other_birds, list(self.dls.vocab))
-            record = fit_head_on_features(self.learn, self.cfg.head_epochs, cache_dir=self.cfg.feature_cache,
-                                          seed=self.cfg.seed, label_smoothing=self.cfg.label_smoothing,
-                                          other_birds=others)
-            head = self.learn.model[1]
-            return record, {k: v.cpu() for k, v in head.state_dict().items()} if self.procs.world > 1 else {}
+            return fit_head_on_features(self.learn, self.cfg.head_epochs, cache_dir=self.cfg.feature_cache,
+                                        seed=self.cfg.seed, label_smoothing=self.cfg.label_smoothing,
+                                        other_birds=others)
 
         t = time.perf_counter()
-        self.record["fast_head"], head = self.procs.shared(fit_here)
-        if self.procs.world > 1:  # every process's weights alike, strides too (DistributedDataParallel checks)
+        self.record["fast_head"] = self.procs.shared(fit_here)
+        if self.procs.world > 1:  # DistributedDataParallel refuses weights of other strides on other processes
             import torch
 
-            if not self.procs.main:
-                self.learn.model[1].load_state_dict(head)
             self.learn.model.to(memory_format=torch.contiguous_format)  # feature extraction ran channels-last
         self.timings["fast_head_s"] = time.perf_counter() - t
         return self.record["fast_head"]
