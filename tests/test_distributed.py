@@ -126,3 +126,11 @@ def test_compare_refuses_distributed(tmp_path):
 
     with pytest.raises(BirdclfError, match="--distributed is for `birdclf train`"):
         compare_architectures(TrainConfig(data=str(tmp_path), distributed=True), ["tf_efficientnet_lite0"])
+
+
+def test_distributed_without_accelerate_names_the_extra(monkeypatch):
+    from birdclf.errors import BirdclfError
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(BirdclfError, match=r"pip install 'birdclf\[dist\]'"):
+        processes(True)
