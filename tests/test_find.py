@@ -200,11 +200,25 @@ def test_a_faint_bird_like_patch_in_a_scene_is_no_false_alarm(patch_onnx):
     patch whose close view scores over the bird threshold but under zoom_bird stays not_a_bird."""
     dull = (200, 85, 85)  # r - g = 0.45: P(bird) of a close view 0.5-0.86, under zoom_bird
     predictor = Predictor(patch_onnx / "patch.onnx")
-    predictor.find_params = FindParams(zoom_bird=0.95)
+    predictor.find_params = FindParams(zoom_bird=0.95, zoom_sure_bird=0.95)
     answer = predictor.predict(scene([(dull, (100, 100, 300, 300))]))
     assert answer.verdict == "not_a_bird" and answer.box is None
     predictor.find_params = FindParams(zoom_bird=0.0, zoom_confidence=0.0)
     assert predictor.predict(scene([(dull, (100, 100, 300, 300))])).is_bird  # the rule is what holds it back
+
+
+def test_a_sure_bird_of_an_unsure_species_is_unsure_not_no_bird(patch_onnx):
+    """A closer look whose P(bird) reaches zoom_sure_bird finds a bird the whole photo missed even when it cannot
+    name the species: the answer is `unsure` with the bird's box, not `not_a_bird`."""
+    between = (220, 30, 125)  # as red as a bird; blue halfway between the two species (top-1 about 0.49)
+    where = (40, 60, 200, 150)
+    predictor = Predictor(patch_onnx / "patch.onnx")
+    answer = predictor.predict(scene([(between, where)]))
+    assert (answer.verdict, answer.is_bird, answer.birds) == ("unsure", True, 1)
+    assert answer.top_k[0]["probability"] < predictor.find_params.zoom_confidence
+    assert iou(answer.box, where) >= 0.5, (answer.box, where)
+    predictor.find_params = FindParams(zoom_sure_bird=1.01)  # the species rule alone holds it back
+    assert predictor.predict(scene([(between, where)])).verdict == "not_a_bird"
 
 
 def test_tiles_cover_the_photo_and_stay_few_on_panoramas():

@@ -395,7 +395,9 @@ class Predictor:
         if close[1] < self.bird_threshold:
             return False
         if whole[1] < self.bird_threshold:  # a bird the wider view did not see: only when quite sure (false alarms)
-            return close[1] >= self.find_params.zoom_bird and self._top(close[0]) >= self.find_params.zoom_confidence
+            params = self.find_params
+            return close[1] >= params.zoom_sure_bird or (close[1] >= params.zoom_bird
+                                                         and self._top(close[0]) >= params.zoom_confidence)
         return self._top(close[0]) > self._top(whole[0])
 
     def _crop_input(self, view: View, region: tuple[float, float, float, float]) -> np.ndarray:
