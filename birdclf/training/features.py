@@ -62,32 +62,38 @@ def extract_features(learn: Any, paths: list[Path], flip: bool = False, cache_di
 
 def fit_head_on_features(learn: Any, epochs: int = 40, lr: float = 4e-3, bs: int = 128, flip: bool = True,
                          cache_dir: str | os.PathLike | None = None, seed: int = 42, wd: float | None = 0.1,
-                         label_smoothing: float = 0.1, other_birds: list[Path] | None = None) -> dict[str, Any]:
+                         label_smoothing: float = 0.1, other_birds: list[Path] | None = None,
+                         distant_views: int = 0) -> dict[str, Any]:
     """Train the Learner's own head (after pooling) with fastai's one-cycle on cached features; the head is
     trained in place, so the Learner then predicts, exports and fine-tunes as usual. The features are kept on the
     Learner (`learn.cached_features`) for out-of-fold calibration. With `other_birds` (photos of species outside
     the data), the head learns one more class from them, "other bird", kept as `learn.other_bird` (see
-    birdclf.training.other_birds)."""
+    birdclf.training.other_birds). With `distant_views`, it also learns from that many distant views of each train
+    photo (birdclf.training.views), as the find stage's closer look shows a far bird."""
     train_ds, valid_ds = learn.dls.train_ds, learn.dls.valid_ds
     y_train = np.array([int(train_ds.tls[1][i]) for i in range(len(train_ds))])  # labels only, no image decode
     y_valid = np.array([int(valid_ds.tls[1][i]) for i in range(len(valid_ds))])
     train_paths, valid_paths = list(train_ds.items), list(valid_ds.items)
     x_train = extract_features(learn, train_paths, flip=flip, cache_dir=cache_dir)
     x_valid = extract_features(learn, valid_paths, flip=False, cache_dir=cache_dir)
-    settings = HeadFit(epochs=epochs, lr=lr, bs=bs, wd=wd, label_smoothing=label_smoothing, seed=seed)
+    settings = HeadFit(epochs=epochs, lr=lr, bs=bs, wd=wd, label_smoothing=label_smoothing, seed=seed,
+                       distant_views=distant_views)
     head = learn.model[1][2:]
     x_other = extract_features(learn, list(other_birds), flip=flip, cache_dir=cache_dir) if other_birds else None
+    x_views = _distant_features(learn, train_paths, distant_views, cache_dir, seed) if distant_views else None
     fitted = head if x_other is None else widen_head(head, seed)  # shares the head's layers: they are trained in place
     learn.cached_features = CachedFeatures(x_train, y_train, x_valid, y_valid, flip, settings, copy.deepcopy(fitted),
-                                           x_other=x_other)
+                                           x_other=x_other, x_views=x_views)
     x_extra, y_extra = learn.cached_features.other_rows()
-    metrics = train_head(fitted, np.concatenate([x_train, x_extra]),
-                         np.concatenate([y_train, y_train, y_extra] if flip else [y_train, y_extra]), x_valid, y_valid,
-                         settings)
+    x_far, y_far = learn.cached_features.view_rows()
+    metrics = train_head(fitted, np.concatenate([x_train, x_far, x_extra]),
+                         np.concatenate([y_train, y_train, y_far, y_extra] if flip else [y_train, y_far, y_extra]),
+                         x_valid, y_valid, settings)
     learn.other_bird = split_head(head, fitted) if x_other is not None else None  # a refit without them: none
     learn.cached_features.fitted_valid_logits = head_logits(head, x_valid)
     other = {} if x_other is None else {"other_bird_photos": len(other_birds or ())}
-    return {**settings.to_dict(), "train_features": int(len(x_train)), **metrics,
+    views = {} if x_views is None else {"distant_view_features": int(len(x_far))}
+    return {**settings.to_dict(), "train_features": int(len(x_train)), **views, **metrics,
             "feature_dim": int(x_train.shape[1]), **other}
 
 
@@ -101,6 +107,7 @@ class HeadFit:
     wd: float | None = 0.1
     label_smoothing: float = 0.1
     seed: int = 42
+    distant_views: int = 0  # distant views of each train photo learned too (birdclf.training.views)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (without the seed, as the run records it elsewhere)."""
@@ -120,12 +127,21 @@ class CachedFeatures:
     untrained_head: Any  # a copy of the head before fitting: where out-of-fold fits start from
     fitted_valid_logits: np.ndarray | None = None  # the fitted head's valid logits: is the Learner's head still it?
     x_other: np.ndarray | None = None  # photos of other species (then their mirrored copies if `flip`): one class
+    x_views: np.ndarray | None = None  # distant views of the train photos: all first views, then all second, ...
 
     def other_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The other-bird photos' features and labels (the class after the species); none without that class."""
         if self.x_other is None:
             return self.x_train[:0], self.y_train[:0]
         return self.x_other, np.full(len(self.x_other), _out_features(self.untrained_head) - 1)
+
+    def view_rows(self, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The distant views' features and labels (of the train photos `keep` marks, all by default)."""
+        if self.x_views is None:
+            return self.x_train[:0], self.y_train[:0]
+        count = len(self.x_views) // len(self.y_train)
+        keep = np.ones(len(self.y_train), bool) if keep is None else keep
+        return self.x_views[np.tile(keep, count)], np.tile(self.y_train, count)[np.tile(keep, count)]
 
     def describes(self, head: Any) -> bool:
         """Whether `head` is still the head fitted on these features (not trained further since)."""
@@ -199,13 +215,29 @@ def out_of_fold_logits(cached: CachedFeatures, folds: int = 5) -> tuple[np.ndarr
     logits = np.zeros((len(y), _out_features(cached.untrained_head)), np.float32)
     for k in range(folds):
         held, kept = fold == k, fold != k
-        kept_mirrored = kept[:len(mirrored)]  # a train photo's mirrored copy stays with it
-        x_fit = np.concatenate([x[kept], mirrored[kept_mirrored], x_other])
-        y_fit = np.concatenate([y[kept], y[:len(mirrored)][kept_mirrored], y_other])
+        kept_mirrored = kept[:len(mirrored)]  # a train photo's mirrored copy and distant views stay with it
+        x_far, y_far = cached.view_rows(kept[:n_train])
+        x_fit = np.concatenate([x[kept], mirrored[kept_mirrored], x_far, x_other])
+        y_fit = np.concatenate([y[kept], y[:len(mirrored)][kept_mirrored], y_far, y_other])
         fresh = copy.deepcopy(cached.untrained_head)
         train_head(fresh, x_fit, y_fit, x[held], y[held], cached.fit)
         logits[held] = head_logits(fresh, x[held])
     return logits, y
+
+
+def _distant_features(learn: Any, paths: list[Path], count: int, cache_dir: str | os.PathLike | None,
+                      seed: int) -> np.ndarray:
+    """Features of `count` distant views of each photo (view-major), rendered beside the feature cache or in a
+    temporary folder."""
+    import tempfile
+
+    from .views import write_distant_views
+
+    if cache_dir:
+        return extract_features(learn, write_distant_views(paths, Path(cache_dir) / "distant-views", count, seed),
+                                cache_dir=cache_dir)
+    with tempfile.TemporaryDirectory(prefix="birdclf-views-") as folder:
+        return extract_features(learn, write_distant_views(paths, folder, count, seed))
 
 
 def _out_features(head: Any) -> int:

@@ -67,6 +67,9 @@ class TrainConfig:
     fast_head: bool = _option(False, "train the head on cached frozen-body features first (the recipe's default "
                                      "on CPU)")
     head_epochs: int = _option(40, "epochs of the head on cached features (--fast-head)")
+    distant_views: int = _option(2, "distant views of each train photo the head on cached features also learns "
+                                    "from (--fast-head): the photo shrunk and cropped as the find stage sees a far "
+                                    "bird (0: none)")
     other_birds: str | None = _option(None, "folder of photos of bird species outside the data (any layout): the "
                                             "head learns an 'other bird' class from them, so that species it was "
                                             "not trained on are held back as unsure (--fast-head --epochs 0)")
@@ -316,7 +319,7 @@ class TrainingRun:
                 others = other_bird_photos(self.cfg.other_birds, list(self.dls.vocab))
             return fit_head_on_features(self.learn, self.cfg.head_epochs, cache_dir=self.cfg.feature_cache,
                                         seed=self.cfg.seed, label_smoothing=self.cfg.label_smoothing,
-                                        other_birds=others)
+                                        other_birds=others, distant_views=self.cfg.distant_views)
 
         t = time.perf_counter()
         self.record["fast_head"] = self.procs.shared(fit_here)
