@@ -68,3 +68,13 @@ def test_out_of_fold_heads_never_see_a_held_out_photos_distant_views():
     trained = copy.deepcopy(leaky.untrained_head)
     train_head(trained, leaky_fit, np.tile(y, 3), x[:1], y[:1], fit)
     assert (head_logits(trained, x).argmax(1) == y).mean() > 0.9
+
+
+def test_a_negative_view_count_is_refused_by_name(tmp_path):
+    import pytest
+
+    from birdclf.errors import BirdclfError
+    from birdclf.training.trainer import TrainConfig
+
+    with pytest.raises(BirdclfError, match="--distant-views"):
+        TrainConfig(data=str(tmp_path), fast_head=True, distant_views=-1)

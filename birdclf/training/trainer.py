@@ -99,6 +99,8 @@ class TrainConfig:
         # Absolute from the start: fastai joins file names onto learn.path, and a notebook may change directory.
         self.data, self.out = _absolute(self.data), _absolute(self.out)
         self.feature_cache, self.other_birds = _absolute(self.feature_cache), _absolute(self.other_birds)
+        if self.distant_views < 0:
+            raise BirdclfError(f"--distant-views counts views per train photo (0: none), got {self.distant_views}")
         if self.other_birds and not (self.fast_head and self.epochs == 0):
             raise BirdclfError("--other-birds trains the other-bird class with the head on cached features: it needs "
                                "--fast-head --epochs 0 (TrainConfig fast_head=True, epochs=0; a fine-tuned body "
